@@ -1,0 +1,1 @@
+"""Built-in scoring plugins (one file each)."""
