@@ -1,0 +1,106 @@
+"""The goproxy-router command line: serve, validate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from router import __version__
+from router.config import Config, ConfigError, load_config, parse_listen
+from router.logs import log_event, setup_logging
+from router.routes import RouteTable
+
+log = logging.getLogger("router.server")
+
+
+def _load(path: str) -> Config:
+    """Load and fully check a config, including what only the environment can tell."""
+    config = load_config(path)
+    RouteTable(config)  # resolves tokens_env and compiles every pattern
+    return config
+
+
+async def serve(config: Config, host: str, port: int, shutdown_timeout: float) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
+    from router.app import build_app
+
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    log_event(log, logging.INFO, "listening", host=host, port=port, version=__version__,
+              routes=[r.name for r in config.routes])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log_event(log, logging.INFO, "shutting down", grace_seconds=shutdown_timeout)
+    finally:
+        await runner.cleanup()
+    log_event(log, logging.INFO, "stopped")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    try:
+        config = _load(args.config)
+        host, port = parse_listen(args.listen or config.listen)
+    except (ConfigError, ValueError) as exc:
+        print(f"goproxy-router: cannot start:\n{exc}", file=sys.stderr)
+        return 1
+    uvloop.run(serve(config, host, port, args.shutdown_timeout))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
+          f"{len(config.sumdb)} checksum databases)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="goproxy-router",
+        description="A GeoIP-aware, failover-routing reverse proxy for Go modules.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_cmd = commands.add_parser("serve", help="serve the GOPROXY protocol")
+    serve_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (overrides listen: in the config)")
+    serve_cmd.add_argument("--shutdown-timeout", type=float, default=30.0,
+                           help="seconds in-flight downloads may take after SIGTERM")
+    serve_cmd.set_defaults(run=_cmd_serve)
+
+    validate_cmd = commands.add_parser("validate", help="check a routes.yaml and exit 0 or 1")
+    validate_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    validate_cmd.set_defaults(run=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

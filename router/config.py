@@ -1,0 +1,454 @@
+"""routes.yaml: load, expand ${VAR}, validate, and report errors by key and line.
+
+The schema (DESIGN.md ★) is a contract relied on by outside tests, so every
+model forbids unknown keys: a typo must fail loudly at startup rather than
+silently route a private module to the wrong place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from router.patterns import PatternError, validate_glob
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Loc = tuple[str | int, ...]
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# Headers an operator must not set on upstream requests: the HTTP client owns them.
+_RESERVED_HEADERS = frozenset({
+    "host", "connection", "content-length", "transfer-encoding", "te", "trailer",
+    "upgrade", "keep-alive", "proxy-connection", "accept-encoding",
+})
+
+
+class ConfigError(Exception):
+    """routes.yaml is unusable; `errors` holds one "file:line: key: problem" per fault."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _network(value: Any) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR string such as 10.0.0.0/8")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+
+
+def _networks(values: Any) -> tuple[IPNetwork, ...]:
+    if isinstance(values, str):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        raise ValueError("expected a list of CIDRs")
+    return tuple(_network(v) for v in values)
+
+
+Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(_networks)]
+
+
+def _http_url(value: str) -> str:
+    from yarl import URL
+
+    url = URL(value.strip())
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if url.query_string or url.fragment:
+        raise ValueError(f"{value!r} must not have a query or fragment")
+    return str(url).rstrip("/")
+
+
+HttpURL = Annotated[str, AfterValidator(_http_url)]
+
+
+def parse_size(value: Any) -> int:
+    """Turn "20GB", "512MiB" or a plain byte count into bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("size must not be negative")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a size such as 20GB or 512MiB")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[(unit or "B").upper()])
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+class Timeouts(_Strict):
+    """Per-attempt limits. There is no total limit: a long zip must not be cut."""
+
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    headers: Annotated[float, Field(gt=0)] = 30.0
+    read: Annotated[float, Field(gt=0)] = 30.0
+
+
+class TimeoutOverrides(_Strict):
+    connect: Annotated[float, Field(gt=0)] | None = None
+    headers: Annotated[float, Field(gt=0)] | None = None
+    read: Annotated[float, Field(gt=0)] | None = None
+
+    def over(self, base: Timeouts) -> Timeouts:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class Upstream(_Strict):
+    url: HttpURL
+    countries: tuple[str, ...] = ("*",)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    weight: Annotated[float, Field(gt=0)] = 1.0
+    priority: int = 0
+
+    @field_validator("countries", mode="before")
+    @classmethod
+    def _countries(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        codes = []
+        for code in value:
+            code = str(code).strip().upper()
+            if code != "*" and not re.fullmatch(r"[A-Z]{2}", code):
+                raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code or '*'")
+            codes.append(code)
+        if not codes:
+            raise ValueError("list at least one country, or '*' for near everyone")
+        return tuple(codes)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is managed by the router and cannot be set")
+        return value
+
+
+class Allow(_Strict):
+    """Who may fetch a route's modules: by address, by token, or both."""
+
+    cidrs: Networks = ()
+    tokens_env: str | None = None
+    require: Literal["any", "all"] = "any"
+
+    @model_validator(mode="after")
+    def _something(self) -> Allow:
+        if not self.cidrs and not self.tokens_env:
+            raise ValueError("allow needs cidrs, tokens_env, or both")
+        return self
+
+
+class Route(_Strict):
+    name: str
+    match: tuple[str, ...]
+    upstreams: tuple[str, ...]
+    sumdb: bool = True
+    allow: Allow | None = None
+    timeouts: TimeoutOverrides = TimeoutOverrides()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("route names are letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _match(cls, value: Any) -> tuple[str, ...]:
+        """Accept a list and/or GOPRIVATE-style comma lists; validate each glob."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("expected a list of module path patterns")
+        globs: list[str] = []
+        for entry in value:
+            for glob in str(entry).split(","):
+                glob = glob.strip().rstrip("/")
+                if glob:
+                    try:
+                        validate_glob(glob)
+                    except PatternError as exc:
+                        raise ValueError(str(exc)) from None
+                    globs.append(glob)
+        if not globs:
+            raise ValueError("a route needs at least one pattern (use '*' for every module)")
+        return tuple(globs)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a route needs at least one upstream")
+        if len(set(value)) != len(value):
+            raise ValueError("an upstream is listed twice")
+        return value
+
+
+class SumDB(_Strict):
+    name: str
+    url: HttpURL
+    mirrors: tuple[HttpURL, ...] = ()
+    key: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _HOSTNAME.match(value):
+            raise ValueError(f"{value!r} is not a checksum database name such as sum.golang.org")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/=]+", value):
+            raise ValueError("key must be a note verifier key: <name>+<hash>+<base64 key>")
+        return value
+
+
+class GeoIP(_Strict):
+    database: str | None = None
+    trusted_proxies: Networks = ()
+
+
+PluginSpec = str | dict[str, dict[str, Any] | None]
+
+
+class Scoring(_Strict):
+    plugins: tuple[PluginSpec, ...] = ("geo_affinity", "latency", "errors", "weights")
+    plugin_dirs: tuple[str, ...] = ()
+
+
+class Cache(_Strict):
+    dir: str = "./cache"
+    max_size: ByteSize | None = None
+
+
+class Config(_Strict):
+    listen: str = "0.0.0.0:8080"
+    upstreams: dict[str, Upstream]
+    routes: tuple[Route, ...]
+    sumdb: tuple[SumDB, ...] = ()
+    geoip: GeoIP = GeoIP()
+    scoring: Scoring = Scoring()
+    cache: Cache = Cache()
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    def route_timeouts(self, route: Route) -> Timeouts:
+        return route.timeouts.over(self.timeouts)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split "HOST:PORT" or "[v6]:PORT"."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen {value!r} must be HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+# ---------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _Document:
+    """The composed YAML tree, kept to point errors at their line."""
+
+    def __init__(self, source: str, root: Node | None) -> None:
+        self.source = source
+        self.root = root
+
+    def line_of(self, loc: Loc) -> int | None:
+        node = self.root
+        line = node.start_mark.line + 1 if node else None
+        for part in loc:
+            if isinstance(node, MappingNode):
+                for key, value in node.value:
+                    if isinstance(key, ScalarNode) and key.value == str(part):
+                        line, node = key.start_mark.line + 1, value
+                        break
+                else:
+                    return line
+            elif isinstance(node, SequenceNode) and isinstance(part, int):
+                if part >= len(node.value):
+                    return line
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+    def error(self, loc: Loc, message: str) -> str:
+        line = self.line_of(loc)
+        where = f"{self.source}:{line}" if line else self.source
+        key = _format_loc(loc)
+        return f"{where}: {key}: {message}" if key else f"{where}: {message}"
+
+
+def _format_loc(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> list[str]:
+    """Replace ${VAR} in string scalars in place; "$$" is a literal "$"."""
+    errors: list[str] = []
+
+    def walk(n: Node, loc: Loc) -> None:
+        if isinstance(n, ScalarNode):
+            if n.tag == "tag:yaml.org,2002:str" and "$" in n.value:
+                def sub(m: re.Match[str]) -> str:
+                    if m.group(0) == "$$":
+                        return "$"
+                    name = m.group(1)
+                    if name not in env:
+                        line = n.start_mark.line + 1
+                        errors.append(
+                            f"{doc.source}:{line}: {_format_loc(loc)}: "
+                            f"environment variable {name} is not set"
+                        )
+                        return ""
+                    return env[name]
+                n.value = _ENV_REF.sub(sub, n.value)
+        elif isinstance(n, MappingNode):
+            seen: set[str] = set()
+            for key, value in n.value:
+                name = key.value if isinstance(key, ScalarNode) else "?"
+                if name in seen and name != "<<":
+                    errors.append(f"{doc.source}:{key.start_mark.line + 1}: "
+                                  f"{_format_loc(loc + (name,))}: key appears twice")
+                seen.add(name)
+                walk(value, loc + (name,))
+        elif isinstance(n, SequenceNode):
+            for index, item in enumerate(n.value):
+                walk(item, loc + (index,))
+
+    if node is not None:
+        walk(node, ())
+    return errors
+
+
+def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        # Drop union-branch markers such as "str" or "dict[str,...]" from the location.
+        loc = tuple(p for p in err["loc"] if isinstance(p, int) or "[" not in str(p))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        errors.append(doc.error(loc, message))
+    return errors
+
+
+def _cross_check(config: Config, doc: _Document) -> list[str]:
+    errors = []
+    names: set[str] = set()
+    for index, route in enumerate(config.routes):
+        if route.name in names:
+            errors.append(doc.error(("routes", index, "name"), f"route {route.name!r} is defined twice"))
+        names.add(route.name)
+        for position, upstream in enumerate(route.upstreams):
+            if upstream not in config.upstreams:
+                errors.append(doc.error(
+                    ("routes", index, "upstreams", position),
+                    f"unknown upstream {upstream!r} (defined: {', '.join(sorted(config.upstreams))})",
+                ))
+    seen_db: set[str] = set()
+    for index, db in enumerate(config.sumdb):
+        if db.name in seen_db:
+            errors.append(doc.error(("sumdb", index, "name"), f"checksum database {db.name!r} is listed twice"))
+        seen_db.add(db.name)
+    for name in config.upstreams:
+        if not _NAME.match(name):
+            errors.append(doc.error(("upstreams", name), "upstream names are letters, digits, '.', '_' and '-'"))
+    return errors
+
+
+def parse_config(text: str, source: str = "routes.yaml",
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Parse routes.yaml text; raise ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            root = loader.get_single_node()
+            doc = _Document(source, root)
+            errors = _expand_env(root, env, doc)
+            data = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
+    if errors:
+        raise ConfigError(errors)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: the file must be a mapping with upstreams and routes"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_pydantic_errors(exc, doc)) from None
+    errors = _cross_check(config, doc)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a routes.yaml file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{file}: cannot read: {exc}"]) from None
+    return parse_config(text, str(file), env)

@@ -1,0 +1,135 @@
+"""Routes: which scope a module belongs to, and who may fetch it.
+
+Matching uses Go's GOPRIVATE pattern semantics (router.patterns), compiled
+once into a table; the first route whose pattern matches wins, exactly as
+routes.yaml lists them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from router.config import Allow, Config, ConfigError, Route, Timeouts
+from router.patterns import PatternTable
+from router.upstream import UpstreamTarget
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AccessDenied(Exception):
+    """The client may not fetch this route's modules: 401 (no credentials) or 403."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    """A route's `allow`: client networks and/or tokens (Bearer, or a Basic password)."""
+
+    route: str
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    tokens: tuple[bytes, ...]
+    require_all: bool
+
+    @classmethod
+    def from_config(cls, route: str, allow: Allow, env: Mapping[str, str]) -> AccessPolicy:
+        tokens: tuple[bytes, ...] = ()
+        if allow.tokens_env:
+            raw = env.get(allow.tokens_env)
+            if raw is None:
+                raise ConfigError([f"route {route}: allow.tokens_env: environment variable "
+                                   f"{allow.tokens_env} is not set"])
+            tokens = tuple(t.strip().encode() for t in raw.split(",") if t.strip())
+            if not tokens:
+                raise ConfigError([f"route {route}: allow.tokens_env: {allow.tokens_env} "
+                                   "holds no tokens"])
+        return cls(route, allow.cidrs, tokens, allow.require == "all")
+
+    def check(self, client_ip: IPAddress | None, authorization: str | None) -> None:
+        """Return if the client is allowed; raise AccessDenied with a reason otherwise."""
+        by_address = bool(self.cidrs) and client_ip is not None and any(
+            client_ip in net for net in self.cidrs)
+        token = _presented_token(authorization)
+        by_token = bool(self.tokens) and token is not None and self._token_ok(token)
+        checks = ([by_address] if self.cidrs else []) + ([by_token] if self.tokens else [])
+        if all(checks) if self.require_all else any(checks):
+            return
+        if self.tokens and token is None:
+            raise AccessDenied(401, f"route {self.route} needs credentials: send a token as "
+                                    "the password of HTTP Basic auth (.netrc) or as a Bearer token")
+        if self.tokens and not by_token:
+            raise AccessDenied(403, f"route {self.route}: the token presented is not accepted")
+        raise AccessDenied(403, f"route {self.route}: client {client_ip} is not in an allowed network")
+
+    def _token_ok(self, token: bytes) -> bool:
+        # Compare against every token, in constant time per token.
+        ok = False
+        for candidate in self.tokens:
+            ok |= hmac.compare_digest(candidate, token)
+        return ok
+
+
+def _presented_token(authorization: str | None) -> bytes | None:
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value.encode()
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        _, sep, password = decoded.partition(b":")
+        return password if sep and password else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    """A route ready for requests: its upstream targets, timeouts and access policy."""
+
+    name: str
+    targets: tuple[UpstreamTarget, ...]
+    sumdb: bool
+    timeouts: Timeouts
+    access: AccessPolicy | None
+    config: Route
+
+
+class RouteTable:
+    """Module path -> route, first match wins; built once per config."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        targets = {name: UpstreamTarget.from_config(name, up) for name, up in config.upstreams.items()}
+        self.routes: tuple[CompiledRoute, ...] = tuple(
+            CompiledRoute(
+                name=route.name,
+                targets=tuple(targets[name] for name in route.upstreams),
+                sumdb=route.sumdb,
+                timeouts=config.route_timeouts(route),
+                access=AccessPolicy.from_config(route.name, route.allow, env) if route.allow else None,
+                config=route,
+            )
+            for route in config.routes
+        )
+        self._table: PatternTable[CompiledRoute] = PatternTable(
+            (glob, compiled) for compiled in self.routes for glob in compiled.config.match
+        )
+
+    def match(self, module: str) -> CompiledRoute | None:
+        return self._table.lookup(module)
+
+    def by_name(self, name: str) -> CompiledRoute | None:
+        return next((r for r in self.routes if r.name == name), None)

@@ -1,0 +1,191 @@
+"""One attempt against one upstream: the shared client session and its timeouts.
+
+There is deliberately no total timeout: a 500 MB zip over a slow link may take
+minutes and must not be cut. Instead each phase is bounded: connect, time to
+response headers, and the idle gap between body chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from router import __version__
+from router.config import Timeouts, Upstream
+
+USER_AGENT = f"goproxy-router/{__version__}"
+CHUNK_SIZE = 256 * 1024
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class AttemptTimeout(Exception):
+    """A phase of an attempt ran past its limit; `phase` says which."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"timeout after {seconds:g}s {phase}")
+        self.phase = phase
+        self.seconds = seconds
+
+
+class AttemptError(Exception):
+    """The upstream could not be reached or broke the exchange."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """A named upstream as the sender sees it: base URL and its own secrets."""
+
+    name: str
+    base_url: str
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, name: str, upstream: Upstream) -> UpstreamTarget:
+        secrets = {k: v.get_secret_value() for k, v in upstream.headers.items()}
+        return cls(name=name, base_url=upstream.url, headers=secrets)
+
+    def url_for(self, path: str) -> URL:
+        """Join the base URL (which may carry a path prefix) and an escaped path."""
+        return URL(self.base_url + path, encoded=True)
+
+
+class UpstreamResponse:
+    """Response headers in hand; the body is read on demand, chunk by chunk."""
+
+    def __init__(self, response: aiohttp.ClientResponse, url: URL, read_timeout: float) -> None:
+        self._response = response
+        self.url = url
+        self.status = response.status
+        self.reason = response.reason or ""
+        self.headers: CIMultiDictProxy[str] = response.headers
+        self._read_timeout = read_timeout
+
+    @property
+    def content_length(self) -> int | None:
+        return self._response.content_length
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Yield the body; raise AttemptTimeout on an idle gap, AttemptError on a break."""
+        content = self._response.content
+        while True:
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise AttemptTimeout("reading the body", self._read_timeout) from None
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                raise AttemptError(f"body broke off: {_describe(exc)}") from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def read_text(self, limit: int) -> str:
+        """A short, printable excerpt of the body, for error messages."""
+        data = b""
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                while len(data) < limit:
+                    chunk = await self._response.content.read(limit - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
+            pass
+        text = data.decode("utf-8", "replace")
+        return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+    def close(self) -> None:
+        """Drop the connection: used when the body is abandoned half-read."""
+        self._response.close()
+
+    def release(self) -> None:
+        """Return a fully read connection to the pool."""
+        self._response.release()
+
+
+class UpstreamClient:
+    """Owns the one aiohttp ClientSession shared by every request to every upstream."""
+
+    def __init__(self, *, connection_limit: int = 0, limit_per_host: int = 64) -> None:
+        self._connection_limit = connection_limit
+        self._limit_per_host = limit_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._connection_limit,
+            limit_per_host=self._limit_per_host,
+            ttl_dns_cache=60,
+            enable_cleanup_closed=True,
+        )
+        # auto_decompress=False: bodies pass through exactly as the upstream sent them.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),
+            headers={"User-Agent": USER_AGENT},
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def open(
+        self, target: UpstreamTarget, path: str, method: str, timeouts: Timeouts
+    ) -> UpstreamResponse:
+        """Send one request and wait (bounded) for its response headers.
+
+        Redirects are followed here rather than by aiohttp so that the
+        upstream's own headers (its credentials) are sent only to its own
+        origin, never to wherever a redirect points.
+        """
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not called")
+        url = target.url_for(path)
+        origin = url.origin()
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+        try:
+            async with asyncio.timeout(timeouts.headers):
+                for _ in range(MAX_REDIRECTS + 1):
+                    headers = CIMultiDict({"Accept-Encoding": "identity"})
+                    if url.origin() == origin:
+                        headers.update(target.headers)
+                    response = await self._session.request(
+                        method, url, headers=headers, allow_redirects=False, timeout=timeout
+                    )
+                    location = response.headers.get("Location")
+                    if response.status not in _REDIRECTS or not location:
+                        return UpstreamResponse(response, url, timeouts.read)
+                    response.release()
+                    url = url.join(URL(location))
+                    if method != "HEAD" and response.status == 303:
+                        method = "GET"
+                raise AttemptError(f"more than {MAX_REDIRECTS} redirects")
+        except TimeoutError:
+            raise AttemptTimeout("waiting for headers", timeouts.headers) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise AttemptError(f"connect failed: {_describe(exc.os_error)}") from None
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            raise AttemptError(_describe(exc)) from None
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, secret-free description of a network error."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "incomplete body"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,254 @@
+"""routes.yaml loading: the ★ schema, ${VAR} expansion, errors by key and line."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from router.config import ConfigError, load_config, parse_config, parse_size
+
+REPO = Path(__file__).resolve().parent.parent
+
+DESIGN_EXAMPLE = """\
+listen: "0.0.0.0:8080"
+upstreams:
+  goproxy-cn:     {url: "https://goproxy.cn",        countries: [CN, HK, MO]}
+  proxy-golang:   {url: "https://proxy.golang.org",  countries: ["*"]}
+  corp:
+    url: "http://internal-proxy:7001"
+    headers: {Authorization: "Bearer ${CORP_TOKEN}"}
+routes:
+  - name: corp
+    match: ["git.corp.example", "github.com/corp/private-*"]
+    upstreams: [corp]
+    sumdb: false
+    allow:
+      cidrs: ["10.0.0.0/8"]
+      tokens_env: CORP_CLIENT_TOKENS
+  - name: public
+    match: ["*"]
+    upstreams: [goproxy-cn, proxy-golang]
+sumdb:
+  - name: sum.golang.org
+    url: "https://sum.golang.org"
+    mirrors: ["https://sum.golang.google.cn"]
+    key: "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ee0Ov5HKQ9E4hfbu"
+geoip:
+  database: "/var/lib/GeoIP/GeoLite2-Country.mmdb"
+  trusted_proxies: ["10.0.0.0/8"]
+scoring:
+  plugins: [geo_affinity, latency, errors, weights]
+cache:
+  dir: "./cache"
+"""
+
+ENV = {"CORP_TOKEN": "s3cret", "CORP_CLIENT_TOKENS": "a,b"}
+
+
+def errors_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), "routes.yaml", ENV if env is None else env)
+    return info.value.errors
+
+
+def test_design_example_loads_with_every_field() -> None:
+    config = parse_config(DESIGN_EXAMPLE, "routes.yaml", ENV)
+    assert config.listen == "0.0.0.0:8080"
+    assert config.upstreams["goproxy-cn"].countries == ("CN", "HK", "MO")
+    assert config.upstreams["proxy-golang"].countries == ("*",)
+    assert config.upstreams["corp"].headers["Authorization"].get_secret_value() == "Bearer s3cret"
+    corp, public = config.routes
+    assert corp.match == ("git.corp.example", "github.com/corp/private-*")
+    assert corp.sumdb is False and public.sumdb is True
+    assert corp.allow is not None
+    assert corp.allow.cidrs == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert corp.allow.tokens_env == "CORP_CLIENT_TOKENS"
+    assert config.sumdb[0].mirrors == ("https://sum.golang.google.cn",)
+    assert config.geoip.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert config.cache.dir == "./cache"
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    config = parse_config(DESIGN_EXAMPLE, "routes.yaml", ENV)
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.model_dump())
+
+
+def test_shipped_routes_yaml_is_valid() -> None:
+    config = load_config(REPO / "routes.yaml", env={})
+    urls = {u.url for u in config.upstreams.values()}
+    assert {"https://proxy.golang.org", "https://goproxy.cn", "https://goproxy.io"} <= urls
+    assert config.routes[-1].match == ("*",)
+
+
+def test_missing_environment_variable_is_named_with_its_line() -> None:
+    errors = errors_of(DESIGN_EXAMPLE, env={"CORP_CLIENT_TOKENS": "x"})
+    assert errors == ["routes.yaml:7: upstreams.corp.headers.Authorization: "
+                      "environment variable CORP_TOKEN is not set"]
+
+
+def test_double_dollar_is_a_literal_dollar() -> None:
+    config = parse_config(DESIGN_EXAMPLE.replace("Bearer ${CORP_TOKEN}", "a$$b${CORP_TOKEN}"),
+                          "routes.yaml", ENV)
+    assert config.upstreams["corp"].headers["Authorization"].get_secret_value() == "a$bs3cret"
+
+
+def test_unknown_key_names_key_and_line() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        routes:
+          - name: r
+            match: ["*"]
+            upstreams: [a]
+            sumbd: false
+        """)
+    assert errors == ["routes.yaml:7: routes[0].sumbd: unknown key"]
+
+
+def test_unknown_upstream_reference() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        routes:
+          - name: r
+            match: ["*"]
+            upstreams: [a, b]
+        """)
+    assert len(errors) == 1
+    assert errors[0].startswith("routes.yaml:6: routes[0].upstreams[1]: unknown upstream 'b'")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("url", '"ftp://a.example"', "is not an http(s) URL"),
+    ("url", '"https://a.example/?x=1"', "must not have a query"),
+    ("countries", "[cn, ZZZ]", "not an ISO 3166-1 alpha-2"),
+    ("weight", "0", "greater than 0"),
+    ("headers", "{Host: x}", "managed by the router"),
+])
+def test_bad_upstream_fields(field: str, value: str, message: str) -> None:
+    url = "" if field == "url" else 'url: "https://a.example", '
+    errors = errors_of(f"""\
+        upstreams:
+          a: {{{url}{field}: {value}}}
+        routes:
+          - {{name: r, match: ["*"], upstreams: [a]}}
+        """)
+    assert len(errors) == 1 and message in errors[0], errors
+    assert errors[0].startswith(f"routes.yaml:2: upstreams.a.{field}")
+
+
+def test_bad_glob_is_reported_on_its_route() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        routes:
+          - name: r
+            match: ["example.com/[a-"]
+            upstreams: [a]
+        """)
+    assert len(errors) == 1 and errors[0].startswith("routes.yaml:5: routes[0].match:")
+
+
+def test_comma_lists_in_match_like_goprivate() -> None:
+    config = parse_config(textwrap.dedent("""\
+        upstreams:
+          a: {url: "https://a.example/base/"}
+        routes:
+          - name: r
+            match: "*.corp.example,rsc.io/private/, ,"
+            upstreams: [a]
+        """), "routes.yaml", {})
+    assert config.routes[0].match == ("*.corp.example", "rsc.io/private")
+    assert config.upstreams["a"].url == "https://a.example/base"
+
+
+def test_missing_required_keys_and_duplicates() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+          a: {url: "https://b.example"}
+        routes: []
+        """)
+    assert errors == ["routes.yaml:3: upstreams.a: key appears twice"]
+    errors = errors_of("""\
+        routes:
+          - {name: r, match: ["*"], upstreams: [a]}
+        """)
+    assert errors == ["routes.yaml:1: upstreams: required key is missing"]
+
+
+def test_duplicate_route_names() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        routes:
+          - {name: r, match: ["x.example"], upstreams: [a]}
+          - {name: r, match: ["*"], upstreams: [a]}
+        """)
+    assert errors == ["routes.yaml:5: routes[1].name: route 'r' is defined twice"]
+
+
+def test_invalid_yaml_reports_line() -> None:
+    errors = errors_of("upstreams:\n  a: {url: \n routes: [\n")
+    assert len(errors) == 1 and "invalid YAML" in errors[0] and errors[0].startswith("routes.yaml:")
+
+
+def test_allow_needs_a_rule_and_timeouts_override() -> None:
+    errors = errors_of("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        routes:
+          - {name: r, match: ["*"], upstreams: [a], allow: {}}
+        """)
+    assert any("allow needs cidrs, tokens_env, or both" in e for e in errors)
+    config = parse_config(textwrap.dedent("""\
+        upstreams:
+          a: {url: "https://a.example"}
+        timeouts: {connect: 2, headers: 10}
+        routes:
+          - {name: r, match: ["*"], upstreams: [a], timeouts: {headers: 3}}
+        """), "routes.yaml", {})
+    timeouts = config.route_timeouts(config.routes[0])
+    assert (timeouts.connect, timeouts.headers, timeouts.read) == (2, 3, 30)
+
+
+def test_sizes() -> None:
+    assert parse_size("20GB") == 20 * 10**9
+    assert parse_size("512MiB") == 512 * 2**20
+    assert parse_size(1024) == 1024
+    with pytest.raises(ValueError):
+        parse_size("lots")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, env=env)
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    good = run_cli("validate", "--config", str(REPO / "routes.yaml"))
+    assert good.returncode == 0, good.stderr
+    assert "OK" in good.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("upstreams:\n  a: {url: 'https://a.example'}\nroutes:\n"
+                   "  - {name: r, match: ['*'], upstreams: [zz]}\n")
+    result = run_cli("validate", "--config", str(bad))
+    assert result.returncode == 1
+    assert f"{bad}:4: routes[0].upstreams[0]: unknown upstream 'zz'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_reports_unset_tokens_env(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("upstreams:\n  a: {url: 'https://a.example'}\nroutes:\n"
+                    "  - {name: r, match: ['*'], upstreams: [a], "
+                    "allow: {tokens_env: SURELY_UNSET_TOKENS_VAR}}\n")
+    result = run_cli("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "SURELY_UNSET_TOKENS_VAR is not set" in result.stderr
