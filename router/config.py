@@ -404,11 +404,13 @@ def _cross_check(config: Config, doc: _Document) -> list[str]:
     seen_db: set[str] = set()
     for index, db in enumerate(config.sumdb):
         if db.name in seen_db:
-            errors.append(doc.error(("sumdb", index, "name"), f"checksum database {db.name!r} is listed twice"))
+            errors.append(doc.error(("sumdb", index, "name"),
+                                    f"checksum database {db.name!r} is listed twice"))
         seen_db.add(db.name)
     for name in config.upstreams:
         if not _NAME.match(name):
-            errors.append(doc.error(("upstreams", name), "upstream names are letters, digits, '.', '_' and '-'"))
+            errors.append(doc.error(("upstreams", name),
+                                    "upstream names are letters, digits, '.', '_' and '-'"))
     return errors
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.config import SumDB, Timeouts
-from router.forward import ForwardPlan, Forwarder, text_response
+from router.forward import Forwarder, ForwardPlan, text_response
 from router.protocol import SumdbRequest
 from router.routes import CompiledRoute
 from router.upstream import UpstreamTarget

@@ -248,3 +248,34 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     yield start
     for router in started:
         router.stop()
+
+
+# -- the router in process ----------------------------------------------------
+
+FAST_TIMEOUTS = {"connect": 2, "headers": 0.5, "read": 2}
+
+
+@pytest.fixture
+async def edge() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory: ``await edge(config_dict, env)`` -> a TestClient on an in-process router.
+
+    Timeouts default to a fast set so failure tests stay quick.
+    """
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from router.app import build_app
+    from router.config import parse_config
+
+    clients: list[TestClient] = []
+
+    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> TestClient:
+        config.setdefault("timeouts", FAST_TIMEOUTS)
+        parsed = parse_config(yaml.safe_dump(config), "routes.yaml", env or {})
+        client = TestClient(TestServer(build_app(parsed, env or {}), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()

@@ -7,45 +7,21 @@ import asyncio
 import base64
 import gzip
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from router.app import build_app
-from router.config import parse_config
-from tests.support import Faults, FakeProxy, Module, ModuleTree
+from tests.support import FakeProxy, Faults, Module, ModuleTree
+from tests.support.http import MakeEdge, MakeFake, raw_get, upstream_app
 
 MOD = Module("example.com/lib", "v1.2.3")
 UPPER = Module("github.com/Azure/azure-sdk", "v0.1.0")
 SECRET = Module("git.corp.example/team/secret", "v1.0.0")
 PUBLIC_TREE = ModuleTree([MOD, UPPER])
-FAST = {"connect": 2, "headers": 0.5, "read": 2}
 
-MakeEdge = Callable[..., Awaitable[TestClient]]
-MakeFake = Callable[..., Awaitable[FakeProxy]]
-
-
-@pytest.fixture
-async def edge() -> Any:
-    """Factory: an in-process router for a config dict, with a test client."""
-    clients: list[TestClient] = []
-
-    async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> TestClient:
-        config.setdefault("timeouts", FAST)
-        app = build_app(parse_config(yaml.safe_dump(config), "routes.yaml", env or {}), env or {})
-        client = TestClient(TestServer(app, host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 def public_config(*upstreams: tuple[str, str]) -> dict[str, Any]:
@@ -151,14 +127,6 @@ async def test_body_broken_after_headers_aborts_the_client(edge: MakeEdge,
     assert resp.headers["Content-Length"] == str(len(MOD.zip))
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
-
-
-async def upstream_app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> TestServer:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    return server
 
 
 async def test_streams_before_the_upstream_finishes(edge: MakeEdge) -> None:
@@ -326,20 +294,6 @@ INVALID_PATHS = [
     "/",
     "/%ff%fe/@v/list",
 ]
-
-
-async def raw_get(client: TestClient, path: str) -> tuple[int, dict[str, str], str]:
-    """Send the path byte for byte: HTTP clients would normalise "./" and "../" away."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-    head, _, body = data.decode().partition("\r\n\r\n")
-    status_line, *header_lines = head.split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.mark.parametrize("path", INVALID_PATHS)
