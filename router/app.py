@@ -11,18 +11,21 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
 from router.config import Config
 from router.forward import Forwarder, ForwardPlan, text_response
-from router.geo import client_address, is_trusted, parse_ip
+from router.geo import GeoDatabase, client_address, is_trusted, parse_ip
 from router.logs import log_event
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable
 from router.sumdb import SumdbProxy
-from router.upstream import UpstreamClient
+from router.probes import Prober, ProbeTarget
+from router.scoring import Candidate, Engine, Ranking, RequestContext, load_plugins
+from router.stats import StatsRegistry, StatsSettings
+from router.upstream import UpstreamClient, UpstreamTarget
 
 log = logging.getLogger("router.access")
 errors_log = logging.getLogger("router.app")
@@ -34,15 +37,44 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class EdgeState:
-    """What one loaded config gives the request path: routes, forwarding, sumdb."""
+    """What one loaded config gives the request path: routes, ranking, forwarding, sumdb.
 
-    def __init__(self, config: Config, client: UpstreamClient,
+    The stats registry is passed in rather than owned, so that live stats
+    outlive a config reload.
+    """
+
+    def __init__(self, config: Config, client: UpstreamClient, registry: StatsRegistry,
                  env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config, env)
-        self.forwarder = Forwarder(client)
+        self.engine = Engine(load_plugins(config.scoring.plugins, config.scoring.plugin_dirs,
+                                          set(config.upstreams)))
+        self.geo = GeoDatabase(config.geoip.database)
+        self.candidates: dict[str, tuple[Candidate, ...]] = {
+            route.name: tuple(
+                Candidate(t.name, config.upstreams[t.name], registry.get(t.name, t.base_url), t)
+                for t in route.targets)
+            for route in self.routes.routes
+        }
+        self.forwarder = Forwarder(client, registry)
         self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
         self.trusted_proxies = config.geoip.trusted_proxies
+        self.prober = Prober(client, registry, (
+            ProbeTarget(UpstreamTarget.from_config(name, up), up.probe_path)
+            for name, up in config.upstreams.items()), config.probes)
+
+    def context(self, request: web.Request, route: str, module: str | None,
+                kind: str) -> RequestContext:
+        """The ranking context of a request: who and where the client is, what it wants."""
+        client_ip = request["client_ip"]
+        location = self.geo.lookup(client_ip)
+        request["country"] = location.country
+        return RequestContext(route=route, module=module, kind=kind, client_ip=client_ip,
+                              country=location.country, continent=location.continent,
+                              now=time.monotonic())
+
+    def rank(self, ctx: RequestContext) -> Ranking:
+        return self.engine.rank(ctx, self.candidates[ctx.route])
 
 
 STATE = web.AppKey("state", EdgeState)
@@ -87,13 +119,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     assert route is not None
     request["version"] = req.version
     request["kind"] = req.kind.value
+    ranking = state.rank(state.context(request, route.name, req.module, req.kind.value))
     plan = ForwardPlan(
         request_id=request["request_id"],
         route=route.name,
         what=_describe(req),
         path=req.upstream_path(),
         method=request.method,
-        targets=route.targets,
+        targets=ranking.targets(),
         timeouts=route.timeouts,
     )
     request["plan"] = plan
@@ -143,7 +176,8 @@ def _access_log(request: web.Request, status: int, elapsed: float) -> None:
               request_id=request["request_id"], client=str(request.get("client_ip")),
               method=request.method, path=request.path, route=request.get("route"),
               module=request.get("module"), version=request.get("version"),
-              kind=request.get("kind"), upstream=upstream, attempts=len(attempts),
+              kind=request.get("kind"), country=request.get("country"),
+              upstream=upstream, attempts=len(attempts),
               status=status, elapsed=round(elapsed, 4))
 
 
@@ -157,15 +191,19 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appli
     """The application for one config; the upstream client lives with the app."""
     app = web.Application(middlewares=[edge_middleware], handler_args={"max_field_size": 16384})
     client = UpstreamClient()
-    app[STATE] = EdgeState(config, client, env)
+    registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
+    state = app[STATE] = EdgeState(config, client, registry, env)
     app.router.add_get("/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", handle)
     app.on_response_prepare.append(_add_request_id)
 
-    async def client_context(app: web.Application):
+    async def client_context(app: web.Application) -> AsyncIterator[None]:
         await client.start()
+        state.prober.start()
         yield
+        await state.prober.stop()
         await client.close()
+        state.geo.close()
 
     app.cleanup_ctx.append(client_context)
     return app

@@ -15,6 +15,7 @@ from router import __version__
 from router.config import Config, ConfigError, load_config, parse_listen
 from router.logs import log_event, setup_logging
 from router.routes import RouteTable
+from router.scoring import PluginError, load_plugins
 
 log = logging.getLogger("router.server")
 
@@ -23,6 +24,10 @@ def _load(path: str) -> Config:
     """Load and fully check a config, including what only the environment can tell."""
     config = load_config(path)
     RouteTable(config)  # resolves tokens_env and compiles every pattern
+    try:
+        load_plugins(config.scoring.plugins, config.scoring.plugin_dirs, set(config.upstreams))
+    except PluginError as exc:
+        raise ConfigError([f"{path}: scoring.plugins: {exc}"]) from None
     return config
 
 

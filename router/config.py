@@ -131,7 +131,15 @@ class Upstream(_Strict):
     countries: tuple[str, ...] = ("*",)
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     weight: Annotated[float, Field(gt=0)] = 1.0
-    priority: int = 0
+    priority: Annotated[int, Field(ge=0, le=9)] = 0
+    probe_path: str = "/"          # what active probes fetch; any answer below 500 is "alive"
+
+    @field_validator("probe_path")
+    @classmethod
+    def _probe_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("probe_path must be a URL path starting with '/'")
+        return value
 
     @field_validator("countries", mode="before")
     @classmethod
@@ -249,9 +257,28 @@ class GeoIP(_Strict):
 PluginSpec = str | dict[str, dict[str, Any] | None]
 
 
+class BreakerSettings(_Strict):
+    threshold: Annotated[int, Field(ge=1)] = 5          # consecutive failures that eject
+    ejection: Annotated[float, Field(gt=0)] = 30.0      # seconds x times ejected ...
+    max_ejection: Annotated[float, Field(gt=0)] = 300.0  # ... up to this
+    half_open_trials: Annotated[int, Field(ge=1)] = 1
+
+
 class Scoring(_Strict):
     plugins: tuple[PluginSpec, ...] = ("geo_affinity", "latency", "errors", "weights")
     plugin_dirs: tuple[str, ...] = ()
+    decay: Annotated[float, Field(gt=0)] = 10.0         # seconds: latency EWMA time constant
+    default_rtt: Annotated[float, Field(gt=0)] = 0.25   # seconds assumed before any sample
+    penalty_rtt: Annotated[float, Field(gt=0)] = 1.0    # the least a failure counts as
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class Probes(_Strict):
+    """Active probes keep idle upstreams' latency fresh and notice dead ones early."""
+
+    enabled: bool = True
+    interval: Annotated[float, Field(gt=0)] = 10.0      # seconds, jittered +-20 %
+    timeout: Annotated[float, Field(gt=0)] = 3.0
 
 
 class Cache(_Strict):
@@ -268,6 +295,7 @@ class Config(_Strict):
     scoring: Scoring = Scoring()
     cache: Cache = Cache()
     timeouts: Timeouts = Timeouts()
+    probes: Probes = Probes()
 
     @field_validator("listen")
     @classmethod

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from router.config import Timeouts
 from router.logs import log_event
+from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
     AttemptError,
     AttemptTimeout,
@@ -74,47 +75,63 @@ class ForwardPlan:
 
 
 class Forwarder:
-    """Sends a plan's requests through the shared client and streams the winner."""
+    """Sends a plan's requests through the shared client and streams the winner.
 
-    def __init__(self, client: UpstreamClient) -> None:
+    Every attempt's outcome is reported to the upstream's live stats: time to
+    headers as a latency sample, failures as penalty samples for the breaker.
+    """
+
+    def __init__(self, client: UpstreamClient, registry: StatsRegistry) -> None:
         self._client = client
+        self._registry = registry
 
     async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
         for target in plan.targets:
-            response = await self._try(target, plan)
-            if response is not None:
-                return await self._stream(request, plan, target, response)
+            stats = self._registry.get(target.name, target.base_url)
+            stats.begin()
+            try:
+                response = await self._try(target, plan, stats)
+                if response is not None:
+                    return await self._stream(request, plan, target, response, stats)
+            finally:
+                stats.end()
         return failure_response(plan)
 
-    async def _try(self, target: UpstreamTarget, plan: ForwardPlan) -> UpstreamResponse | None:
+    async def _try(self, target: UpstreamTarget, plan: ForwardPlan,
+                   stats: UpstreamStats) -> UpstreamResponse | None:
         """One attempt up to the response headers; None (and a recorded Attempt) unless 200."""
         started = time.monotonic()
         try:
             response = await self._client.open(target, plan.path, plan.method, plan.timeouts)
         except AttemptTimeout as exc:
-            self._record(plan, target, Outcome.TIMEOUT, started, None, str(exc))
+            self._record(plan, target, stats, Outcome.TIMEOUT, started, None, str(exc))
             return None
         except AttemptError as exc:
             outcome = Outcome.CONNECT_ERROR if str(exc).startswith("connect") else Outcome.BROKEN
-            self._record(plan, target, outcome, started, None, str(exc))
+            self._record(plan, target, stats, outcome, started, None, str(exc))
             return None
         if response.status == 200:
+            stats.record_success(time.monotonic() - started)
             return response
         excerpt = "" if plan.method == "HEAD" else await response.read_text(ERROR_EXCERPT)
         response.close()
         status_line = f"{response.status} {response.reason}".strip()
         if response.status in (404, 410):
             detail = f"not found ({status_line})" + (f": {excerpt}" if excerpt else "")
-            self._record(plan, target, Outcome.NOT_FOUND, started, response.status, detail)
+            self._record(plan, target, stats, Outcome.NOT_FOUND, started, response.status, detail)
         else:
             detail = f"HTTP {status_line}" + (f": {excerpt}" if excerpt else "")
-            self._record(plan, target, Outcome.HTTP_ERROR, started, response.status, detail)
+            self._record(plan, target, stats, Outcome.HTTP_ERROR, started, response.status, detail)
         return None
 
-    def _record(self, plan: ForwardPlan, target: UpstreamTarget, outcome: Outcome,
-                started: float, status: int | None, detail: str) -> None:
+    def _record(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
+                outcome: Outcome, started: float, status: int | None, detail: str) -> None:
         attempt = Attempt(target.name, outcome, time.monotonic() - started, status, detail)
         plan.attempts.append(attempt)
+        if outcome is Outcome.NOT_FOUND:
+            stats.record_success(attempt.elapsed)    # it answered; "not here" is healthy
+        else:
+            stats.record_failure(attempt.elapsed, detail)
         level = logging.INFO if outcome is Outcome.NOT_FOUND else logging.WARNING
         log_event(log, level, "upstream attempt failed", request_id=plan.request_id,
                   route=plan.route, upstream=target.name, path=plan.path,
@@ -123,7 +140,7 @@ class Forwarder:
                   elapsed=round(attempt.elapsed, 4), error=detail)
 
     async def _stream(self, request: web.Request, plan: ForwardPlan, target: UpstreamTarget,
-                      upstream: UpstreamResponse) -> web.StreamResponse:
+                      upstream: UpstreamResponse, stats: UpstreamStats) -> web.StreamResponse:
         """Copy a 200 to the client chunk by chunk, awaiting each write (backpressure)."""
         started = time.monotonic()
         response = web.StreamResponse(status=200)
@@ -149,7 +166,7 @@ class Forwarder:
                 raise AttemptError(f"body ended after {sent} of {expected} bytes")
         except (AttemptError, AttemptTimeout) as exc:
             upstream.close()
-            self._record(plan, target, Outcome.BROKEN, started, 200, f"{exc} after {sent} bytes")
+            self._record(plan, target, stats, Outcome.BROKEN, started, 200, f"{exc} after {sent} bytes")
             abort_client(request)
             return response
         except (ConnectionError, OSError):

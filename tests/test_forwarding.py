@@ -25,9 +25,11 @@ PUBLIC_TREE = ModuleTree([MOD, UPPER])
 
 
 def public_config(*upstreams: tuple[str, str]) -> dict[str, Any]:
+    """Upstreams tried in config order: no scoring plugins, so every cost ties."""
     return {
         "upstreams": {name: {"url": url} for name, url in upstreams},
         "routes": [{"name": "public", "match": ["*"], "upstreams": [n for n, _ in upstreams]}],
+        "scoring": {"plugins": []},
     }
 
 

@@ -1,0 +1,28 @@
+"""errors: the circuit breaker's verdict on each upstream."""
+
+from __future__ import annotations
+
+from router.scoring import Candidate, Plugin, RequestContext, Veto
+from router.stats import BreakerState
+
+
+class Errors(Plugin):
+    """Veto ejected upstreams; while half-open, let only a few trial requests through.
+
+    The breaker itself lives in the upstream's stats (fed by every request
+    and probe outcome): consecutive failures eject for a growing, jittered
+    period. When every upstream is vetoed the engine uses them all anyway.
+    """
+
+    name = "errors"
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
+        stats = upstream.stats
+        breaker = stats.breaker
+        state = breaker.state(ctx.now)
+        if state is BreakerState.OPEN:
+            return Veto(f"ejected after {breaker.consecutive_failures} consecutive failures, "
+                        f"{breaker.remaining(ctx.now):.0f}s left")
+        if state is BreakerState.HALF_OPEN and stats.in_flight >= stats.settings.half_open_trials:
+            return Veto("half-open: a trial request is already in flight")
+        return 1.0

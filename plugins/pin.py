@@ -1,0 +1,82 @@
+"""pin: custom routing rules — module patterns to preferred, avoided or forbidden upstreams.
+
+    scoring:
+      plugins:
+        - pin:
+            rules:
+              - match: ["golang.org/x/*"]
+                prefer: [goproxy-cn]
+              - match: ["github.com/bigcorp/*"]
+                forbid: [goproxy-io]
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from router.patterns import PatternError, PatternTable, validate_glob
+from router.scoring import Candidate, Plugin, RequestContext, Veto
+
+
+class PinRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: tuple[str, ...]
+    prefer: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+    forbid: tuple[str, ...] = ()
+
+    @field_validator("match")
+    @classmethod
+    def _globs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("a rule needs at least one pattern")
+        for glob in value:
+            try:
+                validate_glob(glob)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+class PinOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: tuple[PinRule, ...]
+    prefer_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    avoid_factor: Annotated[float, Field(gt=1)] = 10.0
+
+
+class Pin(Plugin):
+    """The first rule whose pattern (GOPRIVATE syntax) matches the module applies."""
+
+    name = "pin"
+    Options = PinOptions
+
+    def __init__(self, options: PinOptions) -> None:
+        super().__init__(options)
+        self.opts = options
+        self._table: PatternTable[PinRule] = PatternTable(
+            (glob, rule) for rule in options.rules for glob in rule.match)
+
+    def check(self, upstream_names: set[str]) -> list[str]:
+        return [f"rule {i}: unknown upstream {name!r}"
+                for i, rule in enumerate(self.opts.rules)
+                for name in (*rule.prefer, *rule.avoid, *rule.forbid)
+                if name not in upstream_names]
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
+        if ctx.module is None:
+            return 1.0
+        rule = self._table.lookup(ctx.module)
+        if rule is None:
+            return 1.0
+        if upstream.name in rule.forbid:
+            return Veto(f"pin rule {', '.join(rule.match)} forbids it")
+        if upstream.name in rule.prefer:
+            return self.opts.prefer_factor
+        if upstream.name in rule.avoid:
+            return self.opts.avoid_factor
+        return 1.0

@@ -1,0 +1,36 @@
+"""weights: static preferences from routes.yaml (`weight`, `priority`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from router.scoring import Candidate, Plugin, RequestContext
+
+
+class WeightsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    priority_step: Annotated[float, Field(gt=1)] = 1000.0
+
+
+class Weights(Plugin):
+    """Factor 1/weight x priority_step**priority.
+
+    `weight: 2` makes an upstream look half as costly. `priority` works in
+    tiers like Envoy's: 0 is the first tier; an upstream of priority 1 costs
+    `priority_step` (1000) times more, so it is used only when every tier-0
+    upstream is vetoed (ejected) or a thousand times slower.
+    """
+
+    name = "weights"
+    Options = WeightsOptions
+
+    def __init__(self, options: WeightsOptions) -> None:
+        super().__init__(options)
+        self.step = options.priority_step
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float:
+        config = upstream.config
+        return self.step ** config.priority / config.weight

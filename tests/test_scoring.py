@@ -1,0 +1,248 @@
+"""The scoring engine, its plugin loading, and the built-in plugins."""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.config import Upstream
+from router.scoring import (
+    Candidate,
+    Engine,
+    NoOptions,
+    Plugin,
+    PluginError,
+    RequestContext,
+    Veto,
+    load_plugins,
+)
+from router.stats import StatsSettings, UpstreamStats
+from router.upstream import UpstreamTarget
+
+
+def candidate(name: str, rtt: float | None = None, *, countries: tuple[str, ...] = ("*",),
+              weight: float = 1.0, priority: int = 0, in_flight: int = 0,
+              settings: StatsSettings | None = None) -> Candidate:
+    config = Upstream(url=f"http://{name}.example", countries=countries, weight=weight,
+                      priority=priority)
+    stats = UpstreamStats(name, config.url, settings or StatsSettings())
+    if rtt is not None:
+        stats.record_success(rtt, now=0.0)
+    stats.in_flight = in_flight
+    return Candidate(name, config, stats, UpstreamTarget.from_config(name, config))
+
+
+def ctx(module: str | None = "example.com/m", country: str | None = None,
+        continent: str | None = None, now: float = 1.0) -> RequestContext:
+    return RequestContext(route="public", module=module, kind="info", country=country,
+                          continent=continent, now=now)
+
+
+BUILTINS = ["geo_affinity", "latency", "errors", "weights"]
+
+
+def names(ranking: Any) -> list[str]:
+    return [s.name for s in ranking.order]
+
+
+def test_latency_times_in_flight_decides() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    fast, slow = candidate("fast", 0.05), candidate("slow", 0.5)
+    assert names(engine.rank(ctx(), [slow, fast])) == ["fast", "slow"]
+    busy = candidate("busy", 0.05, in_flight=19)      # 0.05 x 20 = 1.0 > 0.5
+    assert names(engine.rank(ctx(), [busy, slow])) == ["slow", "busy"]
+
+
+def test_geo_affinity_same_country_then_continent_then_elsewhere() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    cn = candidate("cn", 0.1, countries=("CN",))
+    jp = candidate("jp", 0.1, countries=("JP",))
+    de = candidate("de", 0.1, countries=("DE",))
+    ranking = engine.rank(ctx(country="CN", continent="AS"), [de, jp, cn])
+    assert names(ranking) == ["cn", "jp", "de"]
+    factors = {s.name: s.factors["geo_affinity"] for s in ranking.order}
+    assert factors == {"cn": 1.0, "jp": 1.5, "de": 3.0}
+
+
+def test_unknown_country_and_star_are_never_punished() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    star, de = candidate("star", 0.1), candidate("de", 0.1, countries=("DE",))
+    ranking = engine.rank(ctx(country=None), [de, star])
+    assert all(s.factors["geo_affinity"] == 1.0 for s in ranking.order)
+    assert names(ranking) == ["de", "star"]           # tie: config order
+    ranking = engine.rank(ctx(country="BR", continent="SA"), [de, star])
+    assert {s.name: s.factors["geo_affinity"] for s in ranking.order} == {"star": 1.0, "de": 3.0}
+
+
+def test_ties_are_broken_by_config_order_deterministically() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    ups = [candidate(n, 0.1) for n in "abcde"]
+    for _ in range(5):
+        assert names(engine.rank(ctx(), ups)) == list("abcde")
+
+
+def test_weights_and_priority_tiers() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    heavy = candidate("heavy", 0.1, weight=4.0)
+    light = candidate("light", 0.05)
+    backup = candidate("backup", 0.001, priority=1)
+    ranking = engine.rank(ctx(), [backup, light, heavy])
+    assert names(ranking) == ["heavy", "light", "backup"]
+    assert ranking.order[0].cost == pytest.approx(0.1 / 4)
+
+
+def test_breaker_veto_and_panic_mode() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    settings = StatsSettings(failure_threshold=2)
+    bad = candidate("bad", 0.01, settings=settings)
+    good = candidate("good", 0.5)
+    for _ in range(2):
+        bad.stats.record_failure(0.01, "refused", now=0.5)
+    ranking = engine.rank(ctx(now=1.0), [bad, good])
+    assert names(ranking) == ["good"] and not ranking.panic
+    assert ranking.vetoed[0].veto is not None and ranking.vetoed[0].veto.startswith("errors: ejected")
+    good.stats.record_failure(0.01, "x", now=0.5)
+    good.stats.breaker.times_ejected = 0
+    for _ in range(5):
+        good.stats.record_failure(0.01, "x", now=0.5)
+    ranking = engine.rank(ctx(now=1.0), [bad, good])
+    assert ranking.panic and sorted(names(ranking)) == ["bad", "good"]
+
+
+def test_half_open_lets_one_trial_through() -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    settings = StatsSettings(failure_threshold=1, ejection=1.0, ejection_jitter=0.0)
+    up = candidate("up", 0.1, settings=settings)
+    other = candidate("other", 0.2)
+    up.stats.record_failure(0.1, "x", now=0.0)
+    assert names(engine.rank(ctx(now=0.5), [up, other])) == ["other"]
+    assert "up" in names(engine.rank(ctx(now=1.5), [up, other]))
+    up.stats.begin()
+    assert names(engine.rank(ctx(now=1.5), [up, other])) == ["other"]
+
+
+def test_pin_prefers_avoids_and_forbids() -> None:
+    plugins = load_plugins([*BUILTINS, {"pin": {"rules": [
+        {"match": ["golang.org/x/*"], "prefer": ["cn"]},
+        {"match": ["github.com/bigcorp"], "forbid": ["io"], "avoid": ["cn"]},
+    ]}}], upstream_names={"cn", "io", "google"})
+    engine = Engine(plugins)
+    google, cn, io = candidate("google", 0.05), candidate("cn", 0.2), candidate("io", 0.05)
+    assert names(engine.rank(ctx("golang.org/x/mod"), [google, io, cn]))[0] == "cn"
+    assert names(engine.rank(ctx("golang.org/y/z"), [google, io, cn]))[0] == "google"
+    ranking = engine.rank(ctx("github.com/bigcorp/tool"), [google, io, cn])
+    assert names(ranking) == ["google", "cn"]
+    assert ranking.vetoed[0].factors["pin"] == "veto: pin rule github.com/bigcorp forbids it"
+
+
+def test_pin_rejects_unknown_upstreams() -> None:
+    with pytest.raises(PluginError, match="plugin 'pin': rule 0: unknown upstream 'nope'"):
+        load_plugins([{"pin": {"rules": [{"match": ["x.example"], "prefer": ["nope"]}]}}],
+                     upstream_names={"a"})
+
+
+def test_bad_options_and_unknown_plugins_stop_startup() -> None:
+    with pytest.raises(PluginError, match=r"plugin 'geo_affinity': bad options: elsewhere"):
+        load_plugins([{"geo_affinity": {"elsewhere": -1}}])
+    with pytest.raises(PluginError, match=r"plugin 'latency': bad options: bogus: Extra inputs"):
+        load_plugins([{"latency": {"bogus": 1}}])
+    with pytest.raises(PluginError, match="plugin 'nosuch' not found"):
+        load_plugins(["nosuch"])
+    with pytest.raises(PluginError, match="listed twice"):
+        load_plugins(["latency", "latency"])
+
+
+class Exploding(Plugin):
+    name = "exploding"
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float:
+        if upstream.name == "a":
+            raise RuntimeError("boom")
+        return 2.0
+
+
+class Nonsense(Plugin):
+    name = "nonsense"
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> Any:
+        return -3 if upstream.name == "a" else "cheap"
+
+
+def test_plugin_raising_at_request_time_is_neutral_logged_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    engine = Engine([Exploding(NoOptions()), Nonsense(NoOptions())])
+    with caplog.at_level(logging.ERROR, logger="router.scoring"):
+        ranking = engine.rank(ctx(), [candidate("a"), candidate("b")])
+    assert {s.name: s.factors for s in ranking.order} == {
+        "a": {"exploding": 1.0, "nonsense": 1.0}, "b": {"exploding": 2.0, "nonsense": 1.0}}
+    assert engine.errors == {"exploding": 1, "nonsense": 2}
+    assert len(caplog.records) == 3
+    assert "RuntimeError: boom" in caplog.records[0].fields["problem"]  # type: ignore[attr-defined]
+
+
+DIR_PLUGIN = textwrap.dedent('''\
+    from pydantic import BaseModel
+    from router.scoring import Plugin, Veto
+
+    class Options(BaseModel):
+        avoid: str
+
+    class AvoidOne(Plugin):
+        name = "avoid_one"
+        Options = Options
+
+        def score(self, ctx, upstream):
+            return Veto("avoided") if upstream.name == self.options.avoid else 1.0
+    ''')
+
+
+def test_plugin_from_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "avoid_one.py").write_text(DIR_PLUGIN)
+    [plugin] = load_plugins([{"avoid_one": {"avoid": "a"}}], [str(tmp_path)])
+    ranking = Engine([plugin]).rank(ctx(), [candidate("a"), candidate("b")])
+    assert names(ranking) == ["b"]
+    with pytest.raises(PluginError, match="plugin 'avoid_one': bad options: avoid: Field required"):
+        load_plugins(["avoid_one"], [str(tmp_path)])
+
+
+def test_broken_plugin_file_names_itself(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("raise ImportError('needs libfoo')\n")
+    with pytest.raises(PluginError, match=r"plugin 'broken': .*broken.py failed to import: "
+                                          r"ImportError: needs libfoo"):
+        load_plugins(["broken"], [str(tmp_path)])
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    with pytest.raises(PluginError, match="defines 0 Plugin subclasses named 'empty'"):
+        load_plugins(["empty"], [str(tmp_path)])
+
+
+def test_plugin_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real installed distribution (dist-info on sys.path) advertising the entry point."""
+    (tmp_path / "acme_scoring.py").write_text(textwrap.dedent('''\
+        from router.scoring import Plugin
+
+        class Prefer(Plugin):
+            name = "prefer_b"
+
+            def score(self, ctx, upstream):
+                return 0.5 if upstream.name == "b" else 1.0
+
+        class NotAPlugin:
+            pass
+        '''))
+    dist = tmp_path / "acme_scoring-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-scoring\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[goproxy_router.plugins]\nprefer_b = acme_scoring:Prefer\nbad = acme_scoring:NotAPlugin\n"
+        "missing = acme_scoring_nothere:X\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    [plugin] = load_plugins(["prefer_b"])
+    assert names(Engine([plugin]).rank(ctx(), [candidate("a"), candidate("b")])) == ["b", "a"]
+    with pytest.raises(PluginError, match="is not a Plugin subclass"):
+        load_plugins(["bad"])
+    with pytest.raises(PluginError, match="failed to load: ModuleNotFoundError"):
+        load_plugins(["missing"])
