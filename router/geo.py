@@ -1,9 +1,21 @@
-"""Who the client is: its address (X-Forwarded-For only via trusted proxies)."""
+"""Who the client is: its address (X-Forwarded-For only via trusted proxies) and where it is (GeoIP)."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import geoip2.database
+import geoip2.errors
+import geoip2.models
+from cachetools import LRUCache
+from maxminddb import MODE_MEMORY
+
+from router.countries import continent_of
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -50,3 +62,138 @@ def client_address(peer: str | None, forwarded_for: str | None,
         if not is_trusted(address, trusted):
             return address
     return address
+
+
+log = logging.getLogger("router.geo")
+
+CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a client is: ISO 3166-1 alpha-2 country and continent code (AF AN AS EU NA OC SA).
+
+    None means unknown, which scoring must treat as neutral, never as far away.
+    """
+
+    country: str | None
+    continent: str | None
+
+
+UNKNOWN = Location(None, None)
+
+_FileId = tuple[int, int, int, int]                 # device, inode, size, mtime in ns
+_NO_FILE_YET: _FileId = (-1, -1, -1, -1)            # matches no real file: the first check acts
+
+
+class GeoDatabase:
+    """Client address → Location from a MaxMind Country or City database, re-read when the file changes.
+
+    The file is read into memory rather than mmap-ed: an update that rewrites it
+    in place would truncate the mapping under the C reader and kill the process
+    with SIGBUS. The pure-Python reader costs ~60 µs a lookup instead of ~10 µs
+    (measured here), which the per-address LRU hides from the hot path.
+    Use it from one thread (the event loop); the reload check runs inline.
+    """
+
+    def __init__(self, path: str | None, *, check_interval: float = 5.0) -> None:
+        self._path = path
+        self._check_interval = check_interval
+        self._reader: geoip2.database.Reader | None = None
+        self._query: Callable[[IPAddress], geoip2.models.Country] | None = None
+        self._file_id: _FileId | None = _NO_FILE_YET     # as last seen on disk; None: missing
+        self._next_check = 0.0
+        self._cache: LRUCache[IPAddress, Location] = LRUCache(CACHE_SIZE)
+        self._lookup_warned = False
+        if path is not None:
+            self._refresh(path)
+
+    def lookup(self, ip: IPAddress | None) -> Location:
+        """The client's location, UNKNOWN for private or unlisted addresses or without a database.
+
+        Never raises: this runs for every request, and an unknown country only
+        makes geo scoring neutral.
+        """
+        if ip is None or self._path is None:
+            return UNKNOWN
+        if time.monotonic() >= self._next_check:
+            self._refresh(self._path)
+        location = self._cache.get(ip)
+        if location is None:
+            location = self._cache[ip] = self._locate(ip)
+        return location
+
+    def close(self) -> None:
+        """Release the database; later lookups answer UNKNOWN and nothing is re-opened."""
+        self._path = None
+        self._cache.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = self._query = None
+
+    def _refresh(self, path: str) -> None:
+        """Open the file again if it changed; a missing or bad file keeps the last good one."""
+        self._next_check = time.monotonic() + self._check_interval
+        file_id = _file_id(path)
+        if file_id == self._file_id:
+            return
+        self._file_id = file_id                      # so each bad state is reported once
+        keeping = "keeping the previous data" if self._reader else "client countries are unknown"
+        if file_id is None:
+            log.warning("GeoIP database %s is missing or unreadable; %s", path, keeping)
+            return
+        try:
+            reader, query = _open(path)
+        except Exception as exc:                     # whatever a bad file trips, the edge must not fall
+            log.warning("GeoIP database %s cannot be opened (%s); %s", path, exc, keeping)
+            return
+        old = self._reader
+        self._reader, self._query = reader, query
+        self._cache.clear()
+        self._lookup_warned = False
+        if old is not None:
+            old.close()
+        metadata = reader.metadata()
+        log.info("GeoIP database %s loaded: %s, built %s", path, metadata.database_type,
+                 time.strftime("%Y-%m-%d", time.gmtime(metadata.build_epoch)))
+
+    def _locate(self, ip: IPAddress) -> Location:
+        """Uncached lookup."""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if self._query is None or not ip.is_global:  # private, loopback, link-local, reserved, CGNAT...
+            return UNKNOWN
+        try:
+            record = self._query(ip)
+        except (geoip2.errors.AddressNotFoundError, ValueError):
+            return UNKNOWN                           # not listed, or IPv6 asked of an IPv4-only file
+        except Exception as exc:                     # a damaged data section: answer, say so once
+            if not self._lookup_warned:
+                log.warning("GeoIP lookup of %s failed (%s); answering unknown", ip, exc)
+                self._lookup_warned = True
+            return UNKNOWN
+        country = record.country.iso_code
+        country = country.upper() if country else None
+        continent = record.continent.code
+        return Location(country, continent.upper() if continent else continent_of(country))
+
+
+def _file_id(path: str) -> _FileId | None:
+    """What identifies one version of the file, or None when it cannot be seen."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _open(path: str) -> tuple[geoip2.database.Reader, Callable[[IPAddress], geoip2.models.Country]]:
+    """A reader and the query its database type answers (City records include the country)."""
+    reader = geoip2.database.Reader(path, mode=MODE_MEMORY)
+    database_type = reader.metadata().database_type
+    if "City" in database_type:
+        return reader, reader.city
+    if "Country" in database_type:
+        return reader, reader.country
+    reader.close()
+    raise ValueError(f"database type {database_type!r} is neither a Country nor a City database")
