@@ -12,18 +12,19 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from router.config import Config
 from router.forward import Forwarder, ForwardPlan, text_response
-from router.geo import GeoDatabase, client_address, is_trusted, parse_ip
+from router.geo import GeoDatabase, IPAddress, client_address, is_trusted, parse_ip
 from router.logs import log_event
-from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, parse
+from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable
 from router.sumdb import SumdbProxy
 from router.probes import Prober, ProbeTarget
-from router.scoring import Candidate, Engine, Ranking, RequestContext, load_plugins
+from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
 from router.stats import StatsRegistry, StatsSettings
 from router.upstream import UpstreamClient, UpstreamTarget
 
@@ -75,6 +76,22 @@ class EdgeState:
 
     def rank(self, ctx: RequestContext) -> Ranking:
         return self.engine.rank(ctx, self.candidates[ctx.route])
+
+    def explain(self, module: str, client_ip: IPAddress | None) -> dict[str, Any]:
+        """The ranking a request for `module` from `client_ip` would get right now.
+
+        Raises ProtocolError for an invalid module path, LookupError when no
+        route matches.
+        """
+        check_path(module)
+        route = self.routes.match(module)
+        if route is None:
+            raise LookupError(f"no route in routes.yaml matches module {module}")
+        location = self.geo.lookup(client_ip)
+        ctx = RequestContext(route=route.name, module=module, kind="info", client_ip=client_ip,
+                             country=location.country, continent=location.continent,
+                             now=time.monotonic())
+        return explain(ctx, self.rank(ctx))
 
 
 STATE = web.AppKey("state", EdgeState)
@@ -137,6 +154,23 @@ async def healthz(request: web.Request) -> web.Response:
     return text_response(200, "ok\n")
 
 
+async def explain_endpoint(request: web.Request) -> web.Response:
+    """GET /_router/explain?module=M[&client_ip=IP] (JSON); default client: the caller."""
+    state = request.app[STATE]
+    module = request.query.get("module", "")
+    raw_ip = request.query.get("client_ip")
+    client_ip = parse_ip(raw_ip) if raw_ip else request["client_ip"]
+    if raw_ip and client_ip is None:
+        return web.json_response({"error": f"client_ip {raw_ip!r} is not an IP address"},
+                                 status=400)
+    try:
+        return web.json_response(state.explain(module, client_ip))
+    except ProtocolError as exc:
+        return web.json_response({"error": exc.reason}, status=400)
+    except LookupError as exc:
+        return web.json_response({"error": str(exc)}, status=404)
+
+
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, client address, the access log line, and no tracebacks to clients."""
@@ -194,6 +228,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appli
     registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
     state = app[STATE] = EdgeState(config, client, registry, env)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/_router/explain", explain_endpoint)
     app.router.add_route("*", "/{tail:.*}", handle)
     app.on_response_prepare.append(_add_request_id)
 

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -79,6 +80,89 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Rank the upstreams for MODULE: locally from the config, or live from --server."""
+    if args.server:
+        return _explain_remote(args)
+    from router.app import EdgeState
+    from router.geo import parse_ip
+    from router.protocol import ProtocolError
+    from router.stats import StatsRegistry, StatsSettings
+    from router.upstream import UpstreamClient
+
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    client_ip = parse_ip(args.client_ip) if args.client_ip else None
+    if args.client_ip and client_ip is None:
+        print(f"goproxy-router: --client-ip {args.client_ip!r} is not an IP address", file=sys.stderr)
+        return 2
+    state = EdgeState(config, UpstreamClient(),
+                      StatsRegistry(StatsSettings.from_scoring(config.scoring)))
+    try:
+        report = state.explain(args.module, client_ip)
+    except ProtocolError as exc:
+        print(f"goproxy-router: {exc.reason}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"goproxy-router: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        state.geo.close()
+    _print_explain(report, args.json, live=False)
+    return 0
+
+
+def _explain_remote(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = {"module": args.module} | ({"client_ip": args.client_ip} if args.client_ip else {})
+    url = args.server.rstrip("/") + "/_router/explain?" + urllib.parse.urlencode(query)
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            report = json.load(response)
+    except urllib.error.HTTPError as exc:
+        print(f"goproxy-router: {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"goproxy-router: {url}: {exc}", file=sys.stderr)
+        return 1
+    _print_explain(report, args.json, live=True)
+    return 0
+
+
+def _print_explain(report: dict[str, Any], as_json: bool, live: bool) -> None:
+    if as_json:
+        import json
+
+        print(json.dumps(report, indent=2))
+        return
+    where = (f"{report['client_ip']} (country {report['country'] or 'unknown'}, "
+             f"continent {report['continent'] or 'unknown'})" if report["client_ip"]
+             else "unknown (no --client-ip): no plugin punishes an unknown country")
+    print(f"module:  {report['module']}\nroute:   {report['route']}\nclient:  {where}")
+    if not live:
+        print("stats:   none yet (a fresh edge); --server URL explains a running one with live stats")
+    if report["panic"]:
+        print("panic:   every upstream is vetoed, so all are used")
+    plugins = list(report["upstreams"][0]["factors"]) if report["upstreams"] else []
+    header = ["rank", "upstream", "cost", *plugins, "breaker", "veto"]
+    rows = [[str(u["rank"] or "-"), u["name"], f"{u['cost']:.4g}",
+             *[f"{u['factors'][p]:.4g}" if isinstance(u["factors"][p], float) else "veto"
+               for p in plugins],
+             u["breaker"], u["veto"] or ""] for u in report["upstreams"]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("cost = product of the plugin factors; lower wins (" + ", ".join(plugins) + ")")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="goproxy-router",
@@ -98,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check a routes.yaml and exit 0 or 1")
     validate_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
     validate_cmd.set_defaults(run=_cmd_validate)
+
+    explain_cmd = commands.add_parser("explain", help="why each upstream ranks where it does")
+    explain_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    explain_cmd.add_argument("module", help="module path, e.g. golang.org/x/mod")
+    explain_cmd.add_argument("--client-ip", help="rank as for a client at this address")
+    explain_cmd.add_argument("--server", help="ask a running router (its live stats), e.g. "
+                                              "http://127.0.0.1:8080")
+    explain_cmd.add_argument("--json", action="store_true", help="print JSON")
+    explain_cmd.set_defaults(run=_cmd_explain)
     return parser
 
 

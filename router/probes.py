@@ -24,6 +24,8 @@ from router.upstream import AttemptError, AttemptTimeout, UpstreamClient, Upstre
 
 log = logging.getLogger("router.probes")
 
+WATCH_INTERVAL = 0.25   # seconds between looks at an upstream's breaker
+
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
@@ -60,20 +62,24 @@ class Prober:
                 await task
         self._tasks.clear()
 
-    def _next_delay(self, stats: UpstreamStats) -> float:
-        delay = self._settings.interval * self._rng.uniform(0.8, 1.2)
-        now = time.monotonic()
-        if stats.breaker.state(now) is BreakerState.OPEN:
-            # Be there when the ejection ends: the probe is the trial request.
-            delay = min(delay, stats.breaker.remaining(now) + 0.01)
-        return delay
-
     async def _loop(self, probe: ProbeTarget) -> None:
+        """Probe every interval (jittered); and as soon as an ejection ends, as its trial."""
         stats = self._registry.get(probe.target.name, probe.target.base_url)
-        await asyncio.sleep(self._rng.uniform(0, min(1.0, self._settings.interval)))
+        due = time.monotonic() + self._rng.uniform(0, min(1.0, self._settings.interval))
         while True:
-            await self.probe_once(probe, stats)
-            await asyncio.sleep(self._next_delay(stats))
+            now = time.monotonic()
+            breaker = stats.breaker
+            state = breaker.state(now)
+            if state is BreakerState.HALF_OPEN and stats.in_flight == 0:
+                due = now
+            elif state is BreakerState.OPEN:
+                due = min(due, now + breaker.remaining(now))
+            if now >= due:
+                await self.probe_once(probe, stats)
+                due = time.monotonic() + self._settings.interval * self._rng.uniform(0.8, 1.2)
+                continue
+            # Wake up often enough to notice an ejection made by real traffic meanwhile.
+            await asyncio.sleep(min(due - now, WATCH_INTERVAL))
 
     async def probe_once(self, probe: ProbeTarget, stats: UpstreamStats) -> bool:
         """One probe; any answer below 500 means alive. Returns whether it was."""

@@ -289,3 +289,38 @@ def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
             raise PluginError(f"plugin {name!r}: " + "; ".join(problems))
         plugins.append(plugin)
     return plugins
+
+
+# ---------------------------------------------------------------------------
+# Explaining
+
+
+def explain(ctx: RequestContext, ranking: Ranking) -> dict[str, Any]:
+    """Why each upstream ranks where it does: every plugin's factor, the cost, the order."""
+    chosen = {id(s) for s in ranking.order}
+    rows = ranking.order + [s for s in ranking.vetoed if id(s) not in chosen]
+    return {
+        "route": ctx.route,
+        "module": ctx.module,
+        "client_ip": str(ctx.client_ip) if ctx.client_ip else None,
+        "country": ctx.country,
+        "continent": ctx.continent,
+        "panic": ranking.panic,
+        "order": [s.name for s in ranking.order],
+        "upstreams": [
+            {
+                "name": s.name,
+                "rank": i + 1 if id(s) in chosen else None,
+                "cost": s.cost,
+                "factors": s.factors,
+                "veto": s.veto,
+                "countries": list(s.candidate.config.countries),
+                "latency_ewma": round(s.candidate.stats.latency.value, 6),
+                "in_flight": s.candidate.stats.in_flight,
+                "breaker": s.candidate.stats.breaker.state(ctx.now).value,
+                "requests": s.candidate.stats.requests,
+                "failures": s.candidate.stats.failures,
+            }
+            for i, s in enumerate(rows)
+        ],
+    }
