@@ -1,0 +1,564 @@
+"""The Go module proxy protocol: parse, validate and escape request paths.
+
+Pure (no I/O, no aiohttp), so every rule is testable alone. The rules follow
+``golang.org/x/mod/module`` (CheckPath, EscapePath, EscapeVersion) and
+``golang.org/x/mod/semver``, written afresh here. Where this module is
+stricter than Go, the docstring of the check says so and why: a request that
+fails here is answered 400/404 at the edge and never reaches an upstream.
+
+Request paths arrive the way the go command sends them: percent-encoded
+(``!`` may come as ``%21``; ``+`` is raw and never means space) and
+case-encoded (``github.com/Azure/x`` travels as ``github.com/!azure/x``).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+__all__ = [
+    "Kind",
+    "ModuleRequest",
+    "ProtocolError",
+    "SumdbRequest",
+    "check_path",
+    "check_version_query",
+    "escape_path",
+    "escape_version",
+    "is_canonical",
+    "parse",
+    "unescape_path",
+    "unescape_version",
+]
+
+
+class Kind(enum.StrEnum):
+    """What a module proxy request asks for."""
+
+    LIST = "list"
+    INFO = "info"
+    MOD = "mod"
+    ZIP = "zip"
+    LATEST = "latest"
+
+
+class ProtocolError(Exception):
+    """A request path the router refuses; ``reason`` is shown to the developer.
+
+    ``status`` is 400 for a malformed module path, version or sumdb request
+    and 404 for a path that is not part of the protocol at all.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# --- semantic versions -------------------------------------------------------
+
+_NUM = r"(?:0|[1-9][0-9]*)"
+# A pre-release identifier: alphanumerics and hyphens, no leading zero if numeric.
+_PRE_ID = r"(?:[0-9A-Za-z-]*[A-Za-z-][0-9A-Za-z-]*|0|[1-9][0-9]*)"
+_BUILD_ID = r"[0-9A-Za-z-]+"
+_PRE = rf"-{_PRE_ID}(?:\.{_PRE_ID})*"
+_BUILD = rf"\+{_BUILD_ID}(?:\.{_BUILD_ID})*"
+# vMAJOR[.MINOR[.PATCH[-PRE][+BUILD]]]: semver's shorthands are valid, not canonical.
+_SEMVER_RE = re.compile(
+    rf"v(?P<major>{_NUM})(?:\.(?P<minor>{_NUM})"
+    rf"(?:\.(?P<patch>{_NUM})(?P<pre>{_PRE})?(?P<build>{_BUILD})?)?)?"
+)
+_CANONICAL_RE = re.compile(rf"v{_NUM}\.{_NUM}\.{_NUM}(?:{_PRE})?(?:\+incompatible)?")
+
+
+def is_canonical(v: str) -> bool:
+    """True for a canonical semver version (``+incompatible`` allowed).
+
+    Only these name immutable artifacts: ``.mod``/``.zip`` need one, and their
+    ``.info`` can be cached forever.
+    """
+    return _CANONICAL_RE.fullmatch(v) is not None
+
+
+def _canonical(v: str) -> str | None:
+    """semver.Canonical plus ``+incompatible``, or None if v is not semver."""
+    m = _SEMVER_RE.fullmatch(v)
+    if m is None:
+        return None
+    build = "+incompatible" if m["build"] == "+incompatible" else ""
+    return f"v{m['major']}.{m['minor'] or 0}.{m['patch'] or 0}{m['pre'] or ''}{build}"
+
+
+# --- module paths --------------------------------------------------------------
+
+_FIRST_ELEM_CHAR_RE = re.compile(r"[^a-z0-9.-]")  # an LDH domain name, lower case
+_MOD_ELEM_CHAR_RE = re.compile(r"[^A-Za-z0-9._~-]")
+_WINDOWS_RESERVED = frozenset(
+    ["con", "prn", "aux", "nul"]
+    + [f"com{i}" for i in range(1, 10)]
+    + [f"lpt{i}" for i in range(1, 10)]
+)
+_TILDE_DIGITS_RE = re.compile(r"~[0-9]+")
+
+
+def _q(s: str, limit: int = 120) -> str:
+    """Quote s like Go's %q, on one line and short enough for go's output."""
+    if len(s) > limit:
+        s = s[:limit] + "..."
+    return json.dumps(s)
+
+
+def _windows_problem(elem: str) -> str | None:
+    """Reserved device names cannot be files on Windows, whatever follows a dot."""
+    short = elem.split(".", 1)[0]
+    if short.lower() in _WINDOWS_RESERVED:
+        return f"{_q(short)} disallowed as path element component on Windows"
+    return None
+
+
+def _elem_problem(elem: str) -> str | None:
+    """Why one module path element is invalid (module.checkElem), or None."""
+    if not elem:
+        return "empty path element"
+    if elem.strip(".") == "":
+        return f"invalid path element {_q(elem)}"
+    if elem[0] == ".":
+        return "leading dot in path element"
+    if elem[-1] == ".":
+        return "trailing dot in path element"
+    if bad := _MOD_ELEM_CHAR_RE.search(elem):
+        return f"invalid char {_q(bad.group())} (module paths allow ASCII letters, digits and - . _ ~)"
+    if why := _windows_problem(elem):
+        return why
+    short = elem.split(".", 1)[0]
+    if (tilde := short.rfind("~")) >= 0 and _TILDE_DIGITS_RE.fullmatch(short[tilde:]):
+        return "trailing tilde and digits in path element (looks like a Windows short name)"
+    return None
+
+
+def _major_suffix_problem(path: str) -> str | None:
+    """Why the major version suffix is invalid (module.SplitPathVersion), or None.
+
+    "/vN" must be N >= 2 without a leading zero or dots; gopkg.in paths
+    instead always end in ".vN" (optionally "-unstable").
+    """
+    if path.startswith("gopkg.in/"):
+        core = path.removesuffix("-unstable")
+        stem = core.rstrip("0123456789")
+        if not stem.endswith(".v"):
+            return 'gopkg.in paths must end in a major version like ".v1"'
+        major = path[len(stem) - 2 :]
+        if len(major) == 2 or major[2] == "0" and major != ".v0":
+            return f"invalid gopkg.in major version {_q(major)}"
+        return None
+    stem = path.rstrip("0123456789.")
+    if stem == path or not stem.endswith("/v"):
+        return None
+    suffix = path[len(stem) - 2 :]
+    if "." in suffix:
+        return f"invalid major version suffix {_q(suffix)}: no dots allowed"
+    if suffix in ("/v0", "/v1"):
+        return f"invalid major version suffix {_q(suffix)}: v0 and v1 take no suffix"
+    if suffix[2] == "0":
+        return f"invalid major version suffix {_q(suffix)}: leading zero"
+    return None
+
+
+# The everyday module path, accepted by one regex: a lower-case domain with a
+# dot, then elements of letters, digits, "-" and "_" joined by single dots.
+# It admits nothing the full rules refuse except Windows device names and bad
+# major-version suffixes, which are checked separately.
+_COMMON_PATH_RE = re.compile(
+    r"[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)+(?:/[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)*"
+)
+_WINDOWS_ELEM_RE = re.compile(
+    r"(?:^|/)(?:con|prn|aux|nul|com[1-9]|lpt[1-9])(?:[./]|\Z)", re.IGNORECASE
+)
+
+
+def _path_problem(path: str) -> str | None:
+    """Why path is not a valid module path (module.CheckPath), or None.
+
+    Runs on every request, so the common case costs one regex match; any
+    other path gets the full element-by-element diagnosis.
+    """
+    if _COMMON_PATH_RE.fullmatch(path) and not _WINDOWS_ELEM_RE.search(path):
+        return _major_suffix_problem(path)
+    return _diagnose_path(path)
+
+
+def _diagnose_path(path: str) -> str | None:
+    """Walk every CheckPath rule in Go's order and say which one path breaks.
+
+    Stricter than current Go in one way: ``..`` anywhere is refused (older
+    CheckPath did so too), as a path-traversal guard for file-backed upstreams.
+    """
+    if not path:
+        return "empty string"
+    if path[0] == "-":
+        return "leading dash"
+    if "//" in path:
+        return "double slash"
+    if path[-1] == "/":
+        return "trailing slash"
+    if ".." in path:
+        return "double dot"
+    for elem in path.split("/"):
+        if why := _elem_problem(elem):
+            return why
+    first = path.split("/", 1)[0]
+    if "." not in first:
+        return "missing dot in first path element"
+    if bad := _FIRST_ELEM_CHAR_RE.search(first):
+        return f"invalid char {_q(bad.group())} in first path element (a lower-case domain name)"
+    return _major_suffix_problem(path)
+
+
+def check_path(path: str) -> None:
+    """Raise ProtocolError(400) unless path is a valid, decoded module path."""
+    if why := _path_problem(path):
+        raise ProtocolError(400, f"invalid module path {_q(path)}: {why}")
+
+
+# --- versions --------------------------------------------------------------------
+
+# module.fileNameOK's ASCII set, minus "!" (reserved for case-encoding).
+_VERSION_CHAR_RE = re.compile(r"[^A-Za-z0-9#$%&()+,\-.=@\[\]^_{}~ ]")
+
+
+def _version_problem(v: str) -> str | None:
+    """Why v is not a version query usable as ``@v/<v>.info``, or None.
+
+    Mirrors module.EscapeVersion (a valid ASCII file-name element without
+    "!"), and also refuses a leading dot or dash and ``..``: no real version,
+    branch or tag looks like that, and a leading dash is a flag to the VCS
+    tools behind some upstreams.
+    """
+    if not v:
+        return "empty version"
+    if bad := _VERSION_CHAR_RE.search(v):
+        return f"invalid char {_q(bad.group())}"
+    if v.strip(".") == "":
+        return f"invalid path element {_q(v)}"
+    if v[0] == ".":
+        return "leading dot"
+    if v[0] == "-":
+        return "leading dash (reads as a command-line flag)"
+    if v[-1] == ".":
+        return "trailing dot"
+    if ".." in v:
+        return "double dot"
+    return _windows_problem(v)
+
+
+def check_version_query(v: str) -> None:
+    """Raise ProtocolError(400) unless v is a valid, decoded version or query."""
+    if why := _version_problem(v):
+        raise ProtocolError(400, f"invalid version {_q(v)}: {why}")
+
+
+# --- case-encoding ------------------------------------------------------------------
+
+_UPPER_RE = re.compile(r"[A-Z]")
+_BANG_RE = re.compile(r"!([a-z])")
+_BAD_BANG_RE = re.compile(r"!(?![a-z])")
+
+
+def _escape(s: str) -> str:
+    return _UPPER_RE.sub(lambda m: "!" + m.group().lower(), s)
+
+
+def _decode_case(escaped: str, noun: str) -> str:
+    """Undo case-encoding; refuse anything that would not re-encode identically."""
+    if "!" not in escaped and not _UPPER_RE.search(escaped):
+        return escaped
+    if _UPPER_RE.search(escaped):
+        why = 'upper-case letters must be escaped as "!" + lower case'
+    elif _BAD_BANG_RE.search(escaped):
+        why = '"!" must be followed by a lower-case letter (case-encoding)'
+    else:
+        return _BANG_RE.sub(lambda m: m[1].upper(), escaped)
+    raise ProtocolError(400, f"invalid {noun} {_q(escaped)}: {why}")
+
+
+def escape_path(path: str) -> str:
+    """Case-encode a module path (module.EscapePath); it must be valid."""
+    check_path(path)
+    return _escape(path)
+
+
+def unescape_path(escaped: str) -> str:
+    """Decode a case-encoded module path (module.UnescapePath) and validate it."""
+    path = _decode_case(escaped, "module path")
+    check_path(path)
+    return path
+
+
+def escape_version(v: str) -> str:
+    """Case-encode a version or query (module.EscapeVersion); it must be valid."""
+    check_version_query(v)
+    return _escape(v)
+
+
+def unescape_version(escaped: str) -> str:
+    """Decode a case-encoded version (module.UnescapeVersion) and validate it."""
+    v = _decode_case(escaped, "version")
+    check_version_query(v)
+    return v
+
+
+# --- requests ---------------------------------------------------------------------
+
+# Raw in an upstream path: RFC 3986 unreserved, "/" and the sub-delims the go
+# command leaves raw, plus "!" (case-encoding). Upper case never survives
+# escaping, so the whole upstream path is lower case: one spelling per file.
+_URL_UNSAFE_RE = re.compile(r"[^a-z0-9\-._~!$&+=@/]")
+
+
+def _url_quote(s: str) -> str:
+    """Percent-encode (lower-case hex) what may not appear raw in a URL path."""
+    return _URL_UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02x}", s)
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleRequest:
+    """A validated GOPROXY request; constructing one validates it."""
+
+    kind: Kind
+    module: str
+    version: str | None
+
+    def __post_init__(self) -> None:
+        check_path(self.module)
+        if self.kind in (Kind.LIST, Kind.LATEST):
+            if self.version is not None:
+                raise ProtocolError(400, f"a {self.kind} request takes no version")
+            return
+        if self.version is None:
+            raise ProtocolError(400, f"a .{self.kind} request needs a version")
+        check_version_query(self.version)
+        if self.kind != Kind.INFO and not is_canonical(self.version):
+            raise ProtocolError(400, _not_canonical_reason(self.version, self.kind))
+
+    @property
+    def immutable(self) -> bool:
+        """True when the answer never changes, so it may be cached forever."""
+        return self.kind in (Kind.INFO, Kind.MOD, Kind.ZIP) and is_canonical(
+            self.version or ""
+        )
+
+    def upstream_path(self) -> str:
+        """The canonical escaped path to request from an upstream proxy."""
+        base = "/" + _escape(self.module)
+        if self.kind == Kind.LIST:
+            return base + "/@v/list"
+        if self.kind == Kind.LATEST:
+            return base + "/@latest"
+        return f"{base}/@v/{_url_quote(_escape(self.version or ''))}.{self.kind}"
+
+
+def _not_canonical_reason(v: str, kind: Kind) -> str:
+    """Explain why .mod/.zip refuse v, suggesting the canonical form if there is one."""
+    head = f"invalid version {_q(v)} for .{kind}: .mod and .zip need a canonical semantic version"
+    if (canonical := _canonical(v)) is not None:
+        return f"{head} ({canonical})"
+    return f"{head} like v1.2.3; resolve {_q(v)} with .info first"
+
+
+@dataclass(frozen=True, slots=True)
+class SumdbRequest:
+    """A validated checksum-database request proxied under ``/sumdb/<name>/``.
+
+    ``tail`` is the escaped path after ``/sumdb/<name>/``, in its one
+    canonical spelling (raw "!"), ready to append to the database's URL.
+    """
+
+    name: str
+    endpoint: str
+    tail: str
+    module: str | None
+    version: str | None
+
+    def __post_init__(self) -> None:
+        if not _HOSTNAME_RE.fullmatch(self.name):
+            raise ProtocolError(
+                400,
+                f"invalid checksum database name {_q(self.name)}: must be a lower-case host name",
+            )
+        if self.endpoint == "lookup":
+            _check_lookup(self)
+        elif self.endpoint == "tile":
+            if self.module is not None or self.version is not None:
+                raise ProtocolError(400, "a tile request takes no module or version")
+            _check_tile(self.tail)
+        elif self.endpoint in ("supported", "latest"):
+            if (
+                self.tail != self.endpoint
+                or self.module is not None
+                or self.version is not None
+            ):
+                raise ProtocolError(
+                    400, f"a {self.endpoint} request takes no arguments"
+                )
+        else:
+            raise _not_found()
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+
+
+def _check_lookup(req: SumdbRequest) -> None:
+    """A lookup names one canonical module version, spelled in tail."""
+    if req.module is None or req.version is None:
+        raise ProtocolError(400, "a lookup needs a module and a version")
+    check_path(req.module)
+    check_version_query(req.version)
+    if not is_canonical(req.version):
+        raise ProtocolError(
+            400,
+            f"invalid version {_q(req.version)} for a checksum database lookup: "
+            "need a canonical semantic version like v1.2.3",
+        )
+    if req.tail != f"lookup/{_escape(req.module)}@{_escape(req.version)}":
+        raise ProtocolError(
+            400, f"lookup path {_q(req.tail)} does not match its module and version"
+        )
+
+
+_DEC = r"(?:0|[1-9][0-9]*)"
+_TILE_RE = re.compile(
+    rf"tile/(?P<h>{_DEC})/(?P<l>{_DEC}|data)/(?P<n>(?:x[0-9]{{3}}/)*[0-9]{{3}})(?:\.p/(?P<w>{_DEC}))?"
+)
+_TILE_SHAPE = "tile/<H>/<L>|data/<NNN>[.p/<W>], NNN as 3-digit elements, all but the last x-prefixed"
+
+
+def _check_tile(tail: str) -> None:
+    """Validate a transparency-log tile path strictly (tlog.ParseTilePath).
+
+    Only the one spelling tlog.Tile.Path produces is accepted, so a cached
+    tile has exactly one name. Lengths are checked before int() so a
+    hostile path cannot make the conversion expensive.
+    """
+    m = _TILE_RE.fullmatch(tail)
+    if m is None:
+        raise ProtocolError(400, f"invalid tile path {_q(tail)}: want {_TILE_SHAPE}")
+    if len(m["h"]) > 2 or not 1 <= int(m["h"]) <= 30:
+        raise ProtocolError(
+            400, f"invalid tile path {_q(tail)}: height must be 1 to 30"
+        )
+    if m["l"] != "data" and (len(m["l"]) > 2 or int(m["l"]) > 63):
+        raise ProtocolError(
+            400, f"invalid tile path {_q(tail)}: level must be 0 to 63 or data"
+        )
+    if m["n"].startswith("x000/"):
+        raise ProtocolError(400, f"invalid tile path {_q(tail)}: leading x000 element")
+    digits = m["n"].replace("x", "").replace("/", "")
+    if len(digits) > 21 or int(digits) >= 2**63:
+        raise ProtocolError(400, f"invalid tile path {_q(tail)}: tile number too large")
+    width = 1 << int(m["h"])
+    if m["w"] is not None and (len(m["w"]) > 10 or not 1 <= int(m["w"]) < width):
+        raise ProtocolError(
+            400, f"invalid tile path {_q(tail)}: partial width must be 1 to {width - 1}"
+        )
+
+
+# --- parsing ----------------------------------------------------------------------
+
+_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_VERSION_FILE_RE = re.compile(r"v/([^/]*)\.(info|mod|zip)")
+
+
+def _not_found() -> ProtocolError:
+    return ProtocolError(
+        404,
+        "not a Go module proxy path: want /<module>/@v/list, "
+        "/<module>/@v/<version>.info|.mod|.zip, /<module>/@latest or /sumdb/<name>/...",
+    )
+
+
+def _percent_decode(raw_path: str) -> str:
+    """Decode %XX escapes exactly once; "+" stays "+" (this is a path, not a form)."""
+    if bad := _BAD_PERCENT_RE.search(raw_path):
+        raise ProtocolError(
+            400,
+            f"invalid percent-encoding {_q(raw_path[bad.start() : bad.start() + 3])} in request path",
+        )
+    path = raw_path
+    if "%" in raw_path or not raw_path.isascii():
+        try:
+            path = unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeError:
+            raise ProtocolError(400, "request path is not valid UTF-8") from None
+    if "\x00" in path:
+        raise ProtocolError(400, "NUL byte in request path")
+    if "\\" in path:
+        raise ProtocolError(400, "backslash in request path")
+    return path
+
+
+def _parse(raw_path: str) -> ModuleRequest | SumdbRequest:
+    """The uncached parser behind parse()."""
+    path = _percent_decode(raw_path)
+    if path.startswith("/sumdb/"):
+        return _parse_sumdb(path[len("/sumdb/") :])
+    if not path.startswith("/"):
+        raise _not_found()
+    # Module paths never contain "@", so the first "/@" ends the module.
+    escaped_module, sep, rest = path[1:].partition("/@")
+    if not sep:
+        raise _not_found()
+    if rest == "v/list":
+        kind, escaped_version = Kind.LIST, None
+    elif rest == "latest":
+        kind, escaped_version = Kind.LATEST, None
+    elif m := _VERSION_FILE_RE.fullmatch(rest):
+        kind, escaped_version = Kind(m[2]), m[1]
+    else:
+        raise _not_found()
+    module = _decode_case(escaped_module, "module path")
+    version = (
+        None if escaped_version is None else _decode_case(escaped_version, "version")
+    )
+    return ModuleRequest(kind, module, version)  # validates
+
+
+def _parse_sumdb(rest: str) -> SumdbRequest:
+    """Parse what follows ``/sumdb/``: ``<name>/<endpoint>[/<args>]``."""
+    name, _, tail = rest.partition("/")
+    endpoint, _, args = tail.partition("/")
+    if tail in ("supported", "latest") or endpoint == "tile":
+        return SumdbRequest(name, endpoint, tail, None, None)
+    if endpoint != "lookup":
+        raise _not_found()
+    # Module paths never contain "@", so the first "@" ends the module.
+    escaped_module, sep, escaped_version = args.partition("@")
+    if not sep:
+        raise ProtocolError(
+            400,
+            f"invalid checksum database lookup {_q(tail)}: want lookup/<module>@<version>",
+        )
+    module = _decode_case(escaped_module, "module path")
+    version = _decode_case(escaped_version, "version")
+    return SumdbRequest(name, endpoint, tail, module, version)  # validates
+
+
+# A proxy sees the same paths over and over and results are immutable, so
+# successful parses are memoized; the length bound caps the memo's memory.
+_MEMO_MAX_PATH = 256
+_parse_memo = functools.lru_cache(maxsize=4096)(_parse)
+
+
+def parse(raw_path: str) -> ModuleRequest | SumdbRequest:
+    """Parse a raw URL path (no query string) into a validated request.
+
+    Raises ProtocolError: 404 if the path is not part of the protocol, 400 if
+    it is but names an invalid module, version or checksum-database object.
+    """
+    if len(raw_path) <= _MEMO_MAX_PATH:
+        return _parse_memo(raw_path)
+    return _parse(raw_path)
