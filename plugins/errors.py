@@ -19,6 +19,8 @@ class Errors(Plugin):
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
         stats = upstream.stats
         breaker = stats.breaker
+        if breaker.open_until is None:      # closed: the common case, decided cheaply
+            return 1.0
         state = breaker.state(ctx.now)
         if state is BreakerState.OPEN:
             return Veto(f"ejected after {breaker.consecutive_failures} consecutive failures, "

@@ -60,6 +60,8 @@ class Pin(Plugin):
         self.opts = options
         self._table: PatternTable[PinRule] = PatternTable(
             (glob, rule) for rule in options.rules for glob in rule.match)
+        # The engine scores every upstream of one request in a row: look the rule up once.
+        self._last: tuple[RequestContext | None, PinRule | None] = (None, None)
 
     def check(self, upstream_names: set[str]) -> list[str]:
         return [f"rule {i}: unknown upstream {name!r}"
@@ -70,7 +72,10 @@ class Pin(Plugin):
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
         if ctx.module is None:
             return 1.0
-        rule = self._table.lookup(ctx.module)
+        last_ctx, rule = self._last
+        if last_ctx is not ctx:
+            rule = self._table.lookup(ctx.module)
+            self._last = (ctx, rule)
         if rule is None:
             return 1.0
         if upstream.name in rule.forbid:

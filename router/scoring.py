@@ -28,7 +28,6 @@ import importlib.metadata
 import importlib.util
 import ipaddress
 import logging
-import math
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -47,6 +46,7 @@ log = logging.getLogger("router.scoring")
 
 BUILTIN_PACKAGE = "plugins"
 ENTRY_POINT_GROUP = "goproxy_router.plugins"
+_INF = float("inf")
 
 
 class PluginError(Exception):
@@ -105,18 +105,34 @@ class Plugin:
         return 1.0
 
 
-@dataclass(slots=True)
 class Scored:
-    """One upstream's result: final cost and each plugin's factor (or veto reason)."""
+    """One upstream's result: final cost and each plugin's factor (or its Veto).
 
-    candidate: Candidate
-    cost: float
-    factors: dict[str, float | str]
-    veto: str | None = None          # "plugin: reason" of the first veto
+    Factors are kept as a list in plugin order (cheap on the hot path);
+    `breakdown()` names them for explain.
+    """
+
+    __slots__ = ("candidate", "cost", "factors", "veto", "position")
+
+    def __init__(self, candidate: Candidate, cost: float, factors: list[float | Veto],
+                 veto: str | None, position: int) -> None:
+        self.candidate = candidate
+        self.cost = cost
+        self.factors = factors
+        self.veto = veto              # "plugin: reason" of the first veto
+        self.position = position      # index in the route's upstream list: the tie-breaker
 
     @property
     def name(self) -> str:
         return self.candidate.name
+
+    def breakdown(self, plugins: Sequence[Plugin]) -> dict[str, float | str]:
+        return {plugin.name: f"veto: {f.reason}" if isinstance(f, Veto) else f
+                for plugin, f in zip(plugins, self.factors, strict=True)}
+
+
+def _rank_key(scored: Scored) -> tuple[float, int]:
+    return scored.cost, scored.position
 
 
 @dataclass(slots=True)
@@ -125,6 +141,7 @@ class Ranking:
 
     order: list[Scored]
     vetoed: list[Scored]
+    plugins: tuple[Plugin, ...]
     panic: bool = False
 
     def targets(self) -> list[UpstreamTarget]:
@@ -132,7 +149,12 @@ class Ranking:
 
 
 class Engine:
-    """Combines plugin factors into a cost per upstream and ranks them."""
+    """Combines plugin factors into a cost per upstream and ranks them.
+
+    This runs for every proxied request, so the loop is kept plain: the
+    common result (a finite float > 0) is checked with one comparison and
+    anything unusual goes to the slow path.
+    """
 
     def __init__(self, plugins: Sequence[Plugin]) -> None:
         self.plugins = tuple(plugins)
@@ -140,36 +162,40 @@ class Engine:
 
     def rank(self, ctx: RequestContext, candidates: Sequence[Candidate]) -> Ranking:
         """Score every candidate; ties keep config order, so the result is deterministic."""
-        scored: list[tuple[float, int, Scored]] = []
+        plugins = self.plugins
+        allowed: list[Scored] = []
+        vetoed: list[Scored] = []
         for position, candidate in enumerate(candidates):
             cost = 1.0
-            factors: dict[str, float | str] = {}
+            factors: list[float | Veto] = []
             veto: str | None = None
-            for plugin in self.plugins:
-                result = self._score(plugin, ctx, candidate)
-                if isinstance(result, Veto):
-                    factors[plugin.name] = f"veto: {result.reason}"
-                    veto = veto or f"{plugin.name}: {result.reason}"
-                else:
-                    factors[plugin.name] = result
-                    cost *= result
-            scored.append((cost, position, Scored(candidate, cost, factors, veto)))
-        scored.sort(key=lambda item: (item[0], item[1]))
-        allowed = [s for _, _, s in scored if s.veto is None]
-        vetoed = [s for _, _, s in scored if s.veto is not None]
+            for plugin in plugins:
+                try:
+                    result = plugin.score(ctx, candidate)
+                except Exception as exc:
+                    result = self._neutral(plugin, candidate, f"raised {type(exc).__name__}: {exc}")
+                if result.__class__ is not float or not 0.0 < result < _INF:
+                    result = self._unusual(plugin, candidate, result)
+                    if result.__class__ is Veto:
+                        veto = veto or f"{plugin.name}: {result.reason}"
+                        factors.append(result)
+                        continue
+                cost *= result
+                factors.append(result)
+            (allowed if veto is None else vetoed).append(
+                Scored(candidate, cost, factors, veto, position))
+        allowed.sort(key=_rank_key)
+        vetoed.sort(key=_rank_key)
         if not allowed:
-            return Ranking(order=vetoed, vetoed=vetoed, panic=True)
-        return Ranking(order=allowed, vetoed=vetoed)
+            return Ranking(order=vetoed, vetoed=vetoed, plugins=plugins, panic=True)
+        return Ranking(order=allowed, vetoed=vetoed, plugins=plugins)
 
-    def _score(self, plugin: Plugin, ctx: RequestContext, candidate: Candidate) -> float | Veto:
-        try:
-            result = plugin.score(ctx, candidate)
-        except Exception as exc:
-            return self._neutral(plugin, candidate, f"raised {type(exc).__name__}: {exc}")
+    def _unusual(self, plugin: Plugin, candidate: Candidate, result: Any) -> float | Veto:
+        """A Veto, a plain int factor, or a plugin bug (neutral, logged, counted)."""
         if isinstance(result, Veto):
             return result
         if (isinstance(result, (int, float)) and not isinstance(result, bool)
-                and math.isfinite(result) and result > 0):
+                and 0.0 < result < _INF):
             return float(result)
         return self._neutral(plugin, candidate, f"returned {result!r}, not a factor > 0")
 
@@ -312,7 +338,7 @@ def explain(ctx: RequestContext, ranking: Ranking) -> dict[str, Any]:
                 "name": s.name,
                 "rank": i + 1 if id(s) in chosen else None,
                 "cost": s.cost,
-                "factors": s.factors,
+                "factors": s.breakdown(ranking.plugins),
                 "veto": s.veto,
                 "countries": list(s.candidate.config.countries),
                 "latency_ewma": round(s.candidate.stats.latency.value, 6),

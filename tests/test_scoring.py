@@ -64,7 +64,7 @@ def test_geo_affinity_same_country_then_continent_then_elsewhere() -> None:
     de = candidate("de", 0.1, countries=("DE",))
     ranking = engine.rank(ctx(country="CN", continent="AS"), [de, jp, cn])
     assert names(ranking) == ["cn", "jp", "de"]
-    factors = {s.name: s.factors["geo_affinity"] for s in ranking.order}
+    factors = {s.name: s.breakdown(ranking.plugins)["geo_affinity"] for s in ranking.order}
     assert factors == {"cn": 1.0, "jp": 1.5, "de": 3.0}
 
 
@@ -72,10 +72,10 @@ def test_unknown_country_and_star_are_never_punished() -> None:
     engine = Engine(load_plugins(BUILTINS))
     star, de = candidate("star", 0.1), candidate("de", 0.1, countries=("DE",))
     ranking = engine.rank(ctx(country=None), [de, star])
-    assert all(s.factors["geo_affinity"] == 1.0 for s in ranking.order)
+    assert all(s.breakdown(ranking.plugins)["geo_affinity"] == 1.0 for s in ranking.order)
     assert names(ranking) == ["de", "star"]           # tie: config order
     ranking = engine.rank(ctx(country="BR", continent="SA"), [de, star])
-    assert {s.name: s.factors["geo_affinity"] for s in ranking.order} == {"star": 1.0, "de": 3.0}
+    assert {s.name: s.breakdown(ranking.plugins)["geo_affinity"] for s in ranking.order} == {"star": 1.0, "de": 3.0}
 
 
 def test_ties_are_broken_by_config_order_deterministically() -> None:
@@ -136,7 +136,7 @@ def test_pin_prefers_avoids_and_forbids() -> None:
     assert names(engine.rank(ctx("golang.org/y/z"), [google, io, cn]))[0] == "google"
     ranking = engine.rank(ctx("github.com/bigcorp/tool"), [google, io, cn])
     assert names(ranking) == ["google", "cn"]
-    assert ranking.vetoed[0].factors["pin"] == "veto: pin rule github.com/bigcorp forbids it"
+    assert ranking.vetoed[0].breakdown(ranking.plugins)["pin"] == "veto: pin rule github.com/bigcorp forbids it"
 
 
 def test_pin_rejects_unknown_upstreams() -> None:
@@ -177,7 +177,7 @@ def test_plugin_raising_at_request_time_is_neutral_logged_and_counted(
     engine = Engine([Exploding(NoOptions()), Nonsense(NoOptions())])
     with caplog.at_level(logging.ERROR, logger="router.scoring"):
         ranking = engine.rank(ctx(), [candidate("a"), candidate("b")])
-    assert {s.name: s.factors for s in ranking.order} == {
+    assert {s.name: s.breakdown(ranking.plugins) for s in ranking.order} == {
         "a": {"exploding": 1.0, "nonsense": 1.0}, "b": {"exploding": 2.0, "nonsense": 1.0}}
     assert engine.errors == {"exploding": 1, "nonsense": 2}
     assert len(caplog.records) == 3
