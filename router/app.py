@@ -20,12 +20,12 @@ from router.config import Config
 from router.forward import Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, client_address, is_trusted, parse_ip
 from router.logs import log_event
+from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable
-from router.sumdb import SumdbProxy
-from router.probes import Prober, ProbeTarget
 from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
 from router.stats import StatsRegistry, StatsSettings
+from router.sumdb import SumdbProxy
 from router.upstream import UpstreamClient, UpstreamTarget
 
 log = logging.getLogger("router.access")

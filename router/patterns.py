@@ -440,7 +440,7 @@ class PatternTable(Generic[T]):
     def lookup(self, target: str) -> T | None:
         """Value of the first entry whose glob matches target, or None."""
         if not target.isascii():
-            for glob, value in zip(self._globs, self._values):
+            for glob, value in zip(self._globs, self._values, strict=True):
                 if match_prefix_patterns(glob, target):
                     return value
             return None

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.support import Faults, FakeProxy, Module, ModuleTree
+from tests.support import FakeProxy, Faults, Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake
 from tests.support.mmdb import write_country_db
 

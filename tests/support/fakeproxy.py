@@ -148,7 +148,7 @@ class FakeProxy:
         try:
             await asyncio.wait_for(self._closing.wait(), timeout=seconds)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:

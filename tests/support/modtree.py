@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -41,7 +41,7 @@ _GO_KEYWORDS = frozenset(
     "switch type var".split()
 )
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-_TIME_BASE = datetime(2021, 1, 1, tzinfo=timezone.utc)
+_TIME_BASE = datetime(2021, 1, 1, tzinfo=UTC)
 
 
 def case_escape(s: str) -> str:
@@ -136,7 +136,7 @@ def _import_block(requires: Sequence[Requirement]) -> tuple[str, list[str]]:
     if not requires:
         return "", []
     aliases = [f"d{i}" for i in range(len(requires))]
-    body = "".join(f'\t{a} "{p}"\n' for a, (p, _) in zip(aliases, requires))
+    body = "".join(f'\t{a} "{p}"\n' for a, (p, _) in zip(aliases, requires, strict=False))
     return f"import (\n{body})\n\n", aliases
 
 
@@ -185,7 +185,7 @@ class Module:
 
     @property
     def info(self) -> bytes:
-        t = self.commit_time.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        t = self.commit_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return json.dumps({"Version": self.version, "Time": t}, separators=(",", ":")).encode()
 
     @property
@@ -416,7 +416,7 @@ def random_dag(n: int, depth: int, seed: int, *, prefix: str = "example.com/dag"
     rng.shuffle(order)
     # Every layer gets at least one path; the rest are spread at random.
     cuts = sorted(rng.sample(range(1, n), depth - 1)) if depth > 1 else []
-    layers = [order[a:b] for a, b in zip([0, *cuts], [*cuts, n])]
+    layers = [order[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=False)]
 
     versions: dict[str, list[str]] = {}
     for p in names:
