@@ -197,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:          # e.g. `goproxy-router explain ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

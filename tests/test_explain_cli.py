@@ -1,0 +1,74 @@
+"""`goproxy-router explain`: the route, the client's country, every factor, the order."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.support.mmdb import write_country_db
+
+
+def write_config(tmp_path: Path) -> Path:
+    db = tmp_path / "country.mmdb"
+    write_country_db(db, {"1.0.1.0/24": "CN", "2.16.0.0/16": "DE"})
+    config = {
+        "upstreams": {"us": {"url": "https://us.example", "countries": ["US"]},
+                      "cn": {"url": "https://cn.example", "countries": ["CN", "HK"]},
+                      "de": {"url": "https://de.example", "countries": ["DE"]},
+                      "corp": {"url": "https://corp.example"}},
+        "routes": [{"name": "corp", "match": ["git.corp.example"], "upstreams": ["corp"]},
+                   {"name": "public", "match": ["*"], "upstreams": ["us", "cn", "de"]}],
+        "geoip": {"database": str(db)},
+        "scoring": {"plugins": ["geo_affinity", "latency", "errors", "weights",
+                               {"pin": {"rules": [{"match": ["golang.org/x"], "prefer": ["de"],
+                                                   "forbid": ["us"]}]}}]},
+    }
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def explain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router.cli", "explain", *args],
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+
+
+def test_explain_table_for_a_chinese_client(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = explain("--config", str(config), "example.com/lib", "--client-ip", "1.0.1.5")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "route:   public" in out and "country CN, continent AS" in out
+    rows = [line.split() for line in out.splitlines() if line[:1].isdigit()]
+    assert [row[1] for row in rows] == ["cn", "us", "de"]      # geo first, then config order
+    header = next(line.split() for line in out.splitlines() if line.startswith("rank"))
+    geo = header.index("geo_affinity")
+    assert [row[geo] for row in rows] == ["1", "3", "3"]
+
+
+def test_explain_json_with_a_pin_rule_and_a_veto(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = explain("--config", str(config), "golang.org/x/mod", "--client-ip", "2.16.0.1",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["route"] == "public" and report["country"] == "DE"
+    assert report["order"] == ["de", "cn"]
+    rows = {u["name"]: u for u in report["upstreams"]}
+    assert rows["de"]["factors"]["pin"] == 0.1
+    assert rows["us"]["veto"] == "pin: pin rule golang.org/x forbids it"
+    assert rows["us"]["rank"] is None
+
+
+def test_explain_errors(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    bad_module = explain("--config", str(config), "Example.com/x")
+    assert bad_module.returncode == 2 and "invalid module path" in bad_module.stderr
+    bad_ip = explain("--config", str(config), "example.com/x", "--client-ip", "nope")
+    assert bad_ip.returncode == 2 and "not an IP address" in bad_ip.stderr
+    assert "Traceback" not in bad_module.stderr + bad_ip.stderr
