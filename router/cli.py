@@ -80,6 +80,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Probe every upstream and checksum database: 0 all routes served, 1 a route is not, 2 bad config."""
+    from router.check import run
+
+    if not 0 < args.timeout < float("inf"):
+        print(f"goproxy-router: --timeout must be a positive number of seconds, not {args.timeout}",
+              file=sys.stderr)
+        return 2
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return run(config, args.timeout, as_json=args.json)
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     """Rank the upstreams for MODULE: locally from the config, or live from --server."""
     if args.server:
@@ -182,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd = commands.add_parser("validate", help="check a routes.yaml and exit 0 or 1")
     validate_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
     validate_cmd.set_defaults(run=_cmd_validate)
+
+    check_cmd = commands.add_parser("check", help="probe every upstream and checksum database; "
+                                                   "exit 1 if a route has no working upstream")
+    check_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    check_cmd.add_argument("--timeout", type=float, default=5.0,
+                           help="seconds allowed for each target, all phases together (default 5)")
+    check_cmd.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    check_cmd.set_defaults(run=_cmd_check)
 
     explain_cmd = commands.add_parser("explain", help="why each upstream ranks where it does")
     explain_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
