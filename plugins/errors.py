@@ -19,6 +19,8 @@ class Errors(Plugin):
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
         stats = upstream.stats
         breaker = stats.breaker
+        if stats.not_before > ctx.now:
+            return Veto(f"asked to retry after {stats.not_before - ctx.now:.0f}s (HTTP 429)")
         if breaker.open_until is None:      # closed: the common case, decided cheaply
             return 1.0
         state = breaker.state(ctx.now)

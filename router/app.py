@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from router.budget import RetryBudget
 from router.config import Config
 from router.forward import Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, client_address, is_trusted, parse_ip
@@ -57,7 +58,9 @@ class EdgeState:
                 for t in route.targets)
             for route in self.routes.routes
         }
-        self.forwarder = Forwarder(client, registry)
+        retry = config.retry
+        self.forwarder = Forwarder(client, registry, RetryBudget(
+            retry.budget_ratio, retry.budget_floor, retry.budget_window))
         self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
         self.trusted_proxies = config.geoip.trusted_proxies
         self.prober = Prober(client, registry, (
@@ -145,6 +148,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         method=request.method,
         targets=ranking.targets(),
         timeouts=route.timeouts,
+        kind=req.kind.value,
+        module=req.module,
+        expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
+        retry=route.retry,
+        hedge=route.hedge,
     )
     request["plan"] = plan
     return await state.forwarder.forward(request, plan)

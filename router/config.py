@@ -110,17 +110,24 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 
 class Timeouts(_Strict):
-    """Per-attempt limits. There is no total limit: a long zip must not be cut."""
+    """Per-attempt limits, and a deadline for the whole request to get an answer started.
+
+    The deadline covers every attempt, retry, backoff and hedge until an
+    upstream's response begins; once a body streams only `read` (the longest
+    silence) applies, so a long zip over a slow link is never cut.
+    """
 
     connect: Annotated[float, Field(gt=0)] = 5.0
     headers: Annotated[float, Field(gt=0)] = 30.0
     read: Annotated[float, Field(gt=0)] = 30.0
+    deadline: Annotated[float, Field(gt=0)] = 60.0
 
 
 class TimeoutOverrides(_Strict):
     connect: Annotated[float, Field(gt=0)] | None = None
     headers: Annotated[float, Field(gt=0)] | None = None
     read: Annotated[float, Field(gt=0)] | None = None
+    deadline: Annotated[float, Field(gt=0)] | None = None
 
     def over(self, base: Timeouts) -> Timeouts:
         return base.model_copy(update=self.model_dump(exclude_none=True))
@@ -181,6 +188,30 @@ class Allow(_Strict):
         return self
 
 
+class Retry(_Strict):
+    """Failover after a failure, with backoff, capped by a budget shared by all requests."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4   # first try included; cycles the order
+    backoff_base: Annotated[float, Field(ge=0)] = 0.02      # seconds; full jitter
+    backoff_cap: Annotated[float, Field(ge=0)] = 1.0
+    budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2   # retries + hedges per request ...
+    budget_floor: Annotated[float, Field(ge=0)] = 10.0         # ... plus this many per second
+    budget_window: Annotated[float, Field(gt=0)] = 10.0        # seconds over which it is counted
+
+
+RequestKindName = Literal["list", "info", "mod", "zip", "latest", "sumdb"]
+
+
+class Hedge(_Strict):
+    """A second request to the next upstream when the first is slower than its own p95."""
+
+    enabled: bool = True
+    kinds: tuple[RequestKindName, ...] = ("list", "info", "mod", "latest")
+    percentile: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    min_delay: Annotated[float, Field(ge=0)] = 0.05    # seconds: never hedge sooner
+    min_samples: Annotated[int, Field(ge=1)] = 20      # of the upstream's recent latencies
+
+
 class Route(_Strict):
     name: str
     match: tuple[str, ...]
@@ -188,6 +219,8 @@ class Route(_Strict):
     sumdb: bool = True
     allow: Allow | None = None
     timeouts: TimeoutOverrides = TimeoutOverrides()
+    retry: Retry | None = None       # replaces the top-level retry for this route
+    hedge: Hedge | None = None       # replaces the top-level hedge for this route
 
     @field_validator("name")
     @classmethod
@@ -295,6 +328,8 @@ class Config(_Strict):
     scoring: Scoring = Scoring()
     cache: Cache = Cache()
     timeouts: Timeouts = Timeouts()
+    retry: Retry = Retry()
+    hedge: Hedge = Hedge()
     probes: Probes = Probes()
 
     @field_validator("listen")

@@ -1,24 +1,36 @@
-"""The attempt policy: try a route's upstreams in order and stream the first good answer.
+"""The attempt policy: failover, retries with backoff, hedging, a budget and a deadline.
 
-Only 200 is success in the GOPROXY protocol. 404/410 mean "not here", so the
-next upstream is asked; connect errors, timeouts before headers and any other
-status are failures, and the next upstream is asked too. Once the status line
-has gone to the client there is no way back: if the body then breaks, the
-client connection is aborted so the go command sees an error, never a
-complete-looking truncated 200.
+Only 200 is success in the GOPROXY protocol. 404/410 mean "not here": the
+next upstream is asked, at no cost to the budget, and that upstream is not
+asked again. Anything else is a failure: the next-ranked upstream is asked
+after a backoff with full jitter, cycling back to failed ones while
+`retry.max_attempts` and the retry budget allow. When the running attempt is
+slower than its upstream's own recent p95, one hedge goes to the next
+upstream and the first good answer wins. All of this happens within the
+request's deadline and before a byte reaches the client: small answers
+(list, .info, .mod, @latest) are read whole and validated first, so even a
+broken body fails over. A zip streams; if its body breaks after the status
+line went out, the client connection is aborted, so the go command sees an
+error and never a complete-looking truncated 200.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 from aiohttp import web
 
-from router.config import Timeouts
+from router.budget import RetryBudget
+from router.config import Hedge, Retry, Timeouts
+from router.integrity import SMALL_BODY_LIMIT, SMALL_KINDS, ZipTail, small_body_problem
 from router.logs import log_event
 from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
@@ -35,6 +47,7 @@ log = logging.getLogger("router.forward")
 # cookies and server identity of the upstream never reach the client.
 PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 ERROR_EXCERPT = 300
+MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
 
 
 class Outcome(enum.StrEnum):
@@ -44,6 +57,8 @@ class Outcome(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECT_ERROR = "connect_error"
     BROKEN = "broken"
+    INVALID = "invalid"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,112 +86,371 @@ class ForwardPlan:
     method: str
     targets: Sequence[UpstreamTarget]
     timeouts: Timeouts
+    kind: str = "sumdb"            # list, info, mod, zip, latest or sumdb
+    module: str | None = None
+    expected_version: str | None = None   # a canonical .info must report this Version
+    retry: Retry = field(default_factory=Retry)
+    hedge: Hedge = field(default_factory=Hedge)
     attempts: list[Attempt] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # policy decisions, e.g. budget refusals
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def reads_whole_body(self) -> bool:
+        return self.kind in SMALL_KINDS and self.method == "GET"
+
+
+@dataclass(frozen=True, slots=True)
+class _Running:
+    target: UpstreamTarget
+    started: float
+
+
+@dataclass(slots=True)
+class Fetched:
+    """A good answer whose status line has not been sent yet."""
+
+    target: UpstreamTarget
+    stats: UpstreamStats
+    response: UpstreamResponse
+    body: bytes | None             # the validated body of a small answer; None: stream it
 
 
 class Forwarder:
-    """Sends a plan's requests through the shared client and streams the winner.
+    """Runs the attempt policy and writes the winner to the client.
 
     Every attempt's outcome is reported to the upstream's live stats: time to
     headers as a latency sample, failures as penalty samples for the breaker.
     """
 
-    def __init__(self, client: UpstreamClient, registry: StatsRegistry) -> None:
+    def __init__(self, client: UpstreamClient, registry: StatsRegistry,
+                 budget: RetryBudget | None = None, rng: random.Random | None = None) -> None:
         self._client = client
         self._registry = registry
+        self.budget = budget or RetryBudget()
+        self._rng = rng or random.Random()
 
     async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
-        for target in plan.targets:
-            stats = self._registry.get(target.name, target.base_url)
-            stats.begin()
-            try:
-                response = await self._try(target, plan, stats)
-                if response is not None:
-                    return await self._stream(request, plan, target, response, stats)
-            finally:
-                stats.end()
-        return failure_response(plan)
+        fetched = await self.fetch(plan)
+        if fetched is None:
+            return failure_response(plan)
+        return await self.respond(request, plan, fetched)
 
-    async def _try(self, target: UpstreamTarget, plan: ForwardPlan,
-                   stats: UpstreamStats) -> UpstreamResponse | None:
-        """One attempt up to the response headers; None (and a recorded Attempt) unless 200."""
-        started = time.monotonic()
+    # -- the policy ------------------------------------------------------------
+
+    async def fetch(self, plan: ForwardPlan) -> Fetched | None:
+        """Attempts, retries and a hedge until a good answer starts, or none can."""
+        self.budget.record_request()
+        deadline = plan.started + plan.timeouts.deadline
+        order = list(plan.targets)
+        tries = {t.name: 0 for t in order}
+        not_here: set[str] = set()        # said 404/410: never asked again
+        running: dict[asyncio.Task[Fetched | Attempt], _Running] = {}
+        max_attempts = max(plan.retry.max_attempts, len(order))
+        failures = 0
+        hedged = False
+        winner: str | None = None
         try:
-            response = await self._client.open(target, plan.path, plan.method, plan.timeouts)
-        except AttemptTimeout as exc:
-            self._record(plan, target, stats, Outcome.TIMEOUT, started, None, str(exc))
+            while True:
+                if not running:
+                    if sum(tries.values()) >= max_attempts:
+                        break
+                    target = await self._next_target(plan, order, tries, not_here, deadline)
+                    if target is None:
+                        break
+                    if failures and not await self._retry_allowed(plan, failures, deadline):
+                        break
+                    self._launch(running, tries, target, plan, deadline)
+                wait = deadline - time.monotonic()
+                hedge_at = None if hedged else self._hedge_due(plan, running, order, tries, not_here)
+                if hedge_at is not None:
+                    wait = min(wait, hedge_at - time.monotonic())
+                done, _ = await asyncio.wait(running, timeout=max(wait, 0.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    if time.monotonic() >= deadline:
+                        break
+                    hedged = True
+                    hedge_target = self._candidates(order, tries, not_here, running)[:1]
+                    if hedge_target and self._spend(plan, "hedge"):
+                        self._launch(running, tries, hedge_target[0], plan, deadline)
+                    continue
+                for task in done:
+                    attempt_target = running.pop(task).target
+                    result = task.result()
+                    if isinstance(result, Fetched):
+                        winner = attempt_target.name
+                        return result
+                    if result.outcome is Outcome.NOT_FOUND:
+                        not_here.add(attempt_target.name)
+                    else:
+                        failures += 1
             return None
-        except AttemptError as exc:
-            outcome = Outcome.CONNECT_ERROR if str(exc).startswith("connect") else Outcome.BROKEN
-            self._record(plan, target, stats, outcome, started, None, str(exc))
-            return None
-        if response.status == 200:
-            stats.record_success(time.monotonic() - started)
-            return response
-        excerpt = "" if plan.method == "HEAD" else await response.read_text(ERROR_EXCERPT)
-        response.close()
-        status_line = f"{response.status} {response.reason}".strip()
-        if response.status in (404, 410):
-            detail = f"not found ({status_line})" + (f": {excerpt}" if excerpt else "")
-            self._record(plan, target, stats, Outcome.NOT_FOUND, started, response.status, detail)
-        else:
-            detail = f"HTTP {status_line}" + (f": {excerpt}" if excerpt else "")
-            self._record(plan, target, stats, Outcome.HTTP_ERROR, started, response.status, detail)
-        return None
+        finally:
+            await self._cancel(plan, running, winner)
 
-    def _record(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
-                outcome: Outcome, started: float, status: int | None, detail: str) -> None:
+    def _launch(self, running: dict[asyncio.Task[Fetched | Attempt], _Running],
+                tries: dict[str, int], target: UpstreamTarget, plan: ForwardPlan,
+                deadline: float) -> None:
+        tries[target.name] += 1
+        task = asyncio.ensure_future(self._attempt(target, plan, deadline))
+        running[task] = _Running(target, time.monotonic())
+
+    async def _cancel(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Attempt],
+                      _Running], winner: str | None) -> None:
+        """Stop attempts still running: a hedge that lost, or the deadline."""
+        for task, run in running.items():
+            task.cancel()
+            elapsed = time.monotonic() - run.started
+            if winner is not None:
+                attempt = Attempt(run.target.name, Outcome.CANCELLED, elapsed, None,
+                                  f"cancelled: {winner} answered first")
+            else:
+                attempt = Attempt(run.target.name, Outcome.TIMEOUT, elapsed, None,
+                                  f"timeout: no answer within the {plan.timeouts.deadline:g}s deadline")
+            plan.attempts.append(attempt)
+            self._log(plan, attempt, logging.INFO if winner else logging.WARNING)
+        for task in list(running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if winner is None and running:
+            plan.notes.append(f"deadline of {plan.timeouts.deadline:g}s exceeded")
+
+    def _candidates(self, order: list[UpstreamTarget], tries: dict[str, int], not_here: set[str],
+                    running: dict[asyncio.Task[Fetched | Attempt], _Running]) -> list[UpstreamTarget]:
+        """Upstreams that may be asked next: least tried first, then in ranked order."""
+        busy = {run.target.name for run in running.values()}
+        eligible = [t for t in order if t.name not in not_here and t.name not in busy]
+        return sorted(eligible, key=lambda t: tries[t.name])   # stable: keeps the ranking
+
+    async def _next_target(self, plan: ForwardPlan, order: list[UpstreamTarget],
+                           tries: dict[str, int], not_here: set[str],
+                           deadline: float) -> UpstreamTarget | None:
+        """The next upstream to ask. One sitting out a 429 is waited for only when no
+        other is left and its Retry-After ends within the deadline."""
+        candidates = self._candidates(order, tries, not_here, {})
+        if not candidates:
+            return None
+        now = time.monotonic()
+        for target in candidates:
+            if self._stats(target).not_before <= now:
+                return target
+        target = min(candidates, key=lambda t: self._stats(t).not_before)
+        resume = self._stats(target).not_before
+        if resume >= deadline:
+            plan.notes.append(f"{target.name} asked to wait until after the deadline (429 Retry-After)")
+            return None
+        await asyncio.sleep(resume - now)
+        return target
+
+    async def _retry_allowed(self, plan: ForwardPlan, failures: int, deadline: float) -> bool:
+        """Spend from the budget, then back off with full jitter (within the deadline)."""
+        if not self._spend(plan, "retry"):
+            return False
+        cap = min(plan.retry.backoff_cap, plan.retry.backoff_base * 2 ** (failures - 1))
+        pause = self._rng.uniform(0, cap)
+        if time.monotonic() + pause >= deadline:
+            plan.notes.append(f"deadline of {plan.timeouts.deadline:g}s exceeded before a retry")
+            return False
+        if pause > 0:
+            await asyncio.sleep(pause)
+        return True
+
+    def _spend(self, plan: ForwardPlan, what: str) -> bool:
+        if self.budget.try_spend():
+            return True
+        plan.notes.append(f"retry budget exhausted: no {what} (at most "
+                          f"{plan.retry.budget_ratio:.0%} of requests + "
+                          f"{plan.retry.budget_floor:g}/s may be retried or hedged)")
+        return False
+
+    def _hedge_due(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Attempt], _Running],
+                   order: list[UpstreamTarget], tries: dict[str, int],
+                   not_here: set[str]) -> float | None:
+        """When (monotonic) a hedge is due, or None when this request must not hedge."""
+        hedge = plan.hedge
+        if (not hedge.enabled or plan.kind not in hedge.kinds or len(running) != 1
+                or not self._candidates(order, tries, not_here, running)):
+            return None
+        [run] = running.values()
+        p = self._stats(run.target).percentile(hedge.percentile, hedge.min_samples)
+        if p is None:
+            return None
+        return run.started + max(p, hedge.min_delay)
+
+    def _stats(self, target: UpstreamTarget) -> UpstreamStats:
+        return self._registry.get(target.name, target.base_url)
+
+    # -- one attempt -------------------------------------------------------------
+
+    async def _attempt(self, target: UpstreamTarget, plan: ForwardPlan,
+                       deadline: float) -> Fetched | Attempt:
+        """One upstream, up to a good answer (whole and valid for small kinds) or a failure."""
+        stats = self._stats(target)
+        stats.begin()
+        started = time.monotonic()
+        streaming = False
+        response: UpstreamResponse | None = None
+        try:
+            timeouts = plan.timeouts.model_copy(
+                update={"headers": max(min(plan.timeouts.headers, deadline - started), 0.001)})
+            try:
+                response = await self._client.open(target, plan.path, plan.method, timeouts)
+            except AttemptTimeout as exc:
+                return self._failed(plan, target, stats, Outcome.TIMEOUT, started, None, str(exc))
+            except AttemptError as exc:
+                outcome = Outcome.CONNECT_ERROR if str(exc).startswith("connect") else Outcome.BROKEN
+                return self._failed(plan, target, stats, outcome, started, None, str(exc))
+            if response.status != 200:
+                return await self._refused(plan, target, stats, response, started)
+            headers_at = time.monotonic() - started
+            if not plan.reads_whole_body:
+                stats.record_success(headers_at)
+                streaming = True
+                return Fetched(target, stats, response, None)
+            try:
+                body = await response.read_all(SMALL_BODY_LIMIT)
+            except (AttemptError, AttemptTimeout) as exc:
+                return self._failed(plan, target, stats, Outcome.BROKEN, started, 200, str(exc))
+            problem = small_body_problem(plan.kind, body, response.headers.get("Content-Encoding"),
+                                         plan.expected_version)
+            if problem is not None:
+                return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
+                                    f"invalid {_kind_label(plan.kind)}: {problem}")
+            stats.record_success(headers_at)
+            return Fetched(target, stats, response, body)
+        except asyncio.CancelledError:
+            stats.record_slow(time.monotonic() - started)   # at least this slow: never faster
+            raise
+        finally:
+            if not streaming:
+                if response is not None:
+                    response.close()
+                stats.end()
+
+    async def _refused(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
+                       response: UpstreamResponse, started: float) -> Attempt:
+        """A status other than 200: "not here" for 404/410, a failure otherwise."""
+        excerpt = "" if plan.method == "HEAD" else await response.read_text(ERROR_EXCERPT)
+        status_line = f"{response.status} {response.reason}".strip()
+        suffix = f": {excerpt}" if excerpt else ""
+        if response.status in (404, 410):
+            elapsed = time.monotonic() - started
+            stats.record_success(elapsed)              # it answered; "not here" is healthy
+            attempt = Attempt(target.name, Outcome.NOT_FOUND, elapsed, response.status,
+                              f"not found ({status_line}){suffix}")
+            plan.attempts.append(attempt)
+            self._log(plan, attempt, logging.INFO)
+            return attempt
+        if response.status == 429:
+            pause = _retry_after(response.headers.get("Retry-After"))
+            stats.sit_out(time.monotonic() + pause)
+            suffix = f" (retry after {pause:g}s){suffix}"
+        return self._failed(plan, target, stats, Outcome.HTTP_ERROR, started, response.status,
+                            f"HTTP {status_line}{suffix}")
+
+    def _failed(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
+                outcome: Outcome, started: float, status: int | None, detail: str) -> Attempt:
         attempt = Attempt(target.name, outcome, time.monotonic() - started, status, detail)
         plan.attempts.append(attempt)
-        if outcome is Outcome.NOT_FOUND:
-            stats.record_success(attempt.elapsed)    # it answered; "not here" is healthy
-        else:
-            stats.record_failure(attempt.elapsed, detail)
-        level = logging.INFO if outcome is Outcome.NOT_FOUND else logging.WARNING
-        log_event(log, level, "upstream attempt failed", request_id=plan.request_id,
-                  route=plan.route, upstream=target.name, path=plan.path,
-                  attempt=len(plan.attempts), outcome=outcome.value, status=status,
-                  timeout=plan.timeouts.headers if outcome is Outcome.TIMEOUT else None,
-                  elapsed=round(attempt.elapsed, 4), error=detail)
+        stats.record_failure(attempt.elapsed, detail)
+        self._log(plan, attempt, logging.WARNING)
+        return attempt
 
-    async def _stream(self, request: web.Request, plan: ForwardPlan, target: UpstreamTarget,
-                      upstream: UpstreamResponse, stats: UpstreamStats) -> web.StreamResponse:
-        """Copy a 200 to the client chunk by chunk, awaiting each write (backpressure)."""
+    def _log(self, plan: ForwardPlan, attempt: Attempt, level: int) -> None:
+        log_event(log, level, "upstream attempt failed", request_id=plan.request_id,
+                  route=plan.route, module=plan.module, kind=plan.kind, upstream=attempt.upstream,
+                  path=plan.path, attempt=len(plan.attempts), outcome=attempt.outcome.value,
+                  status=attempt.status,
+                  timeout=plan.timeouts.headers if attempt.outcome is Outcome.TIMEOUT else None,
+                  elapsed=round(attempt.elapsed, 4), error=attempt.detail)
+
+    # -- the answer --------------------------------------------------------------
+
+    async def respond(self, request: web.Request, plan: ForwardPlan,
+                      fetched: Fetched) -> web.StreamResponse:
+        """Send a fetched answer: a validated small body at once, or stream the rest."""
+        headers = {name: fetched.response.headers[name] for name in PASSED_HEADERS
+                   if name in fetched.response.headers}
+        headers["X-Goproxy-Upstream"] = fetched.target.name
+        if fetched.body is not None:
+            plan.attempts.append(Attempt(fetched.target.name, Outcome.OK,
+                                         time.monotonic() - plan.started, 200, "ok"))
+            return web.Response(status=200, body=fetched.body, headers=headers)
+        try:
+            return await self._stream(request, plan, fetched, headers)
+        finally:
+            fetched.stats.end()
+
+    async def _stream(self, request: web.Request, plan: ForwardPlan, fetched: Fetched,
+                      headers: dict[str, str]) -> web.StreamResponse:
+        """Copy a 200 chunk by chunk, awaiting each write (backpressure).
+
+        A zip's very last byte is held back until its end-of-archive record has
+        been seen: should the check fail, the client is cut off one byte short
+        and can never take the body for complete.
+        """
+        upstream, target, stats = fetched.response, fetched.target, fetched.stats
         started = time.monotonic()
-        response = web.StreamResponse(status=200)
-        for name in PASSED_HEADERS:
-            if name in upstream.headers:
-                response.headers[name] = upstream.headers[name]
-        response.headers["X-Goproxy-Upstream"] = target.name
+        response = web.StreamResponse(status=200, headers=headers)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         await response.prepare(request)
         if plan.method == "HEAD":
-            upstream.release()
+            upstream.close()
             await response.write_eof()
             plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
             return response
-        sent = 0
+        tail = ZipTail() if plan.kind == "zip" else None
+        held = b""
         try:
             async for chunk in upstream.chunks():
-                sent += len(chunk)
+                if tail is not None:
+                    tail.feed(chunk)
+                    if held:
+                        await response.write(held)
+                    held = chunk[-1:]
+                    await response.write(memoryview(chunk)[:-1])
+                    continue
                 await response.write(chunk)
             expected = upstream.content_length
-            if expected is not None and sent != expected:
-                raise AttemptError(f"body ended after {sent} of {expected} bytes")
+            received = tail.total if tail is not None else None
+            if tail is not None and expected is not None and received != expected:
+                raise AttemptError(f"body ended after {received} of {expected} bytes")
+            problem = tail.problem() if tail is not None else None
+            if problem is not None:
+                raise AttemptError(f"invalid .zip: {problem}")
         except (AttemptError, AttemptTimeout) as exc:
             upstream.close()
-            self._record(plan, target, stats, Outcome.BROKEN, started, 200, f"{exc} after {sent} bytes")
+            self._failed(plan, target, stats, Outcome.BROKEN, started, 200,
+                         f"{exc} (the client connection was aborted)")
             abort_client(request)
             return response
         except (ConnectionError, OSError):
-            # The client went away: drop the upstream connection, nothing to report to it.
-            upstream.close()
+            upstream.close()     # the client went away: nothing to tell it
             raise
+        if held:
+            await response.write(held)
         upstream.release()
         await response.write_eof()
         plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
         return response
+
+
+def _kind_label(kind: str) -> str:
+    return {"latest": "@latest", "list": "version list"}.get(kind, f".{kind}")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header (delta or HTTP date); 1 s when absent or odd."""
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return min(float(value), MAX_RETRY_AFTER)
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            when = parsedate_to_datetime(value).timestamp()
+            return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
+    return 1.0
 
 
 def abort_client(request: web.Request) -> None:
@@ -187,16 +461,19 @@ def abort_client(request: web.Request) -> None:
 
 
 def failure_response(plan: ForwardPlan) -> web.Response:
-    """404 when every upstream said not found; 504 when all failures were timeouts; else 502."""
-    outcomes = {a.outcome for a in plan.attempts}
-    if outcomes <= {Outcome.NOT_FOUND}:
+    """404 when every upstream said not found; 504 when the failures were timeouts; else 502."""
+    outcomes = {a.outcome for a in plan.attempts} - {Outcome.CANCELLED}
+    deadline_hit = any(note.startswith("deadline") for note in plan.notes)
+    if outcomes <= {Outcome.NOT_FOUND} and not plan.notes:
         status, summary = 404, "not found on any upstream"
-    elif outcomes - {Outcome.NOT_FOUND} == {Outcome.TIMEOUT}:
+    elif outcomes - {Outcome.NOT_FOUND} <= {Outcome.TIMEOUT} and (
+            Outcome.TIMEOUT in outcomes or deadline_hit):
         status, summary = 504, "upstreams timed out"
     else:
         status, summary = 502, "no upstream could answer"
     lines = [f"goproxy-router: {plan.what}: {summary} (route {plan.route}, request {plan.request_id})"]
     lines += [f"  {attempt.describe()}" for attempt in plan.attempts]
+    lines += [f"  {note}" for note in plan.notes]
     return text_response(status, "\n".join(lines) + "\n")
 
 

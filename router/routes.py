@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.config import Allow, Config, ConfigError, Route, Timeouts
+from router.config import Allow, Config, ConfigError, Hedge, Retry, Route, Timeouts
 from router.patterns import PatternTable
 from router.upstream import UpstreamTarget
 
@@ -103,6 +103,8 @@ class CompiledRoute:
     targets: tuple[UpstreamTarget, ...]
     sumdb: bool
     timeouts: Timeouts
+    retry: Retry
+    hedge: Hedge
     access: AccessPolicy | None
     config: Route
 
@@ -119,6 +121,8 @@ class RouteTable:
                 targets=tuple(targets[name] for name in route.upstreams),
                 sumdb=route.sumdb,
                 timeouts=config.route_timeouts(route),
+                retry=route.retry or config.retry,
+                hedge=route.hedge or config.hedge,
                 access=AccessPolicy.from_config(route.name, route.allow, env) if route.allow else None,
                 config=route,
             )

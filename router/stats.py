@@ -125,7 +125,7 @@ class UpstreamStats:
     """Everything known right now about one upstream's health and speed."""
 
     __slots__ = ("name", "url", "settings", "latency", "in_flight", "requests", "failures",
-                 "breaker", "recent", "last_error", "last_error_at", "last_sample_at")
+                 "breaker", "recent", "last_error", "last_error_at", "last_sample_at", "not_before")
 
     def __init__(self, name: str, url: str, settings: StatsSettings) -> None:
         self.name = name
@@ -140,6 +140,7 @@ class UpstreamStats:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_sample_at: float | None = None
+        self.not_before = 0.0        # monotonic time before which it asked not to be called (429)
 
     def begin(self) -> None:
         """A request to this upstream started (load for the latency plugin)."""
@@ -168,9 +169,18 @@ class UpstreamStats:
         self.last_sample_at = now
         self.breaker.record_failure(now)
 
-    def percentile(self, fraction: float) -> float | None:
+    def record_slow(self, elapsed: float, now: float | None = None) -> None:
+        """An attempt abandoned after `elapsed` (a hedge lost): at least that slow."""
+        if elapsed > self.latency.value:
+            self.latency.observe(elapsed, time.monotonic() if now is None else now)
+
+    def sit_out(self, until: float) -> None:
+        """Honour a 429's Retry-After: not to be asked again before `until`."""
+        self.not_before = max(self.not_before, until)
+
+    def percentile(self, fraction: float, min_samples: int = 20) -> float | None:
         """A percentile of recent header latencies, or None with too few samples."""
-        if len(self.recent) < 20:
+        if len(self.recent) < min_samples:
             return None
         ordered = sorted(self.recent)
         return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]

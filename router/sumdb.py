@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from router.config import SumDB, Timeouts
+from router.config import Hedge, SumDB, Timeouts
 from router.forward import Forwarder, ForwardPlan, text_response
 from router.protocol import SumdbRequest
 from router.routes import CompiledRoute
@@ -54,6 +54,7 @@ class SumdbProxy:
             method=request.method,
             targets=targets,
             timeouts=self._timeouts,
+            hedge=Hedge(enabled=False),
         )
         request["plan"] = plan
         return await self._forwarder.forward(request, plan)

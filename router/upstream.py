@@ -85,6 +85,22 @@ class UpstreamResponse:
                 return
             yield chunk
 
+    async def read_all(self, limit: int) -> bytes:
+        """The whole body (for small answers), refusing one larger than `limit`."""
+        if self.content_length is not None and self.content_length > limit:
+            raise AttemptError(f"body of {self.content_length} bytes exceeds the {limit}-byte limit")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise AttemptError(f"body exceeds the {limit}-byte limit")
+            parts.append(chunk)
+        body = b"".join(parts)
+        if self.content_length is not None and len(body) != self.content_length:
+            raise AttemptError(f"body ended after {len(body)} of {self.content_length} bytes")
+        return body
+
     async def read_text(self, limit: int) -> str:
         """A short, printable excerpt of the body, for error messages."""
         data = b""

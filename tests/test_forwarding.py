@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import io
+import os
 import time
+import zipfile
 from typing import Any
 
 import aiohttp
@@ -131,27 +134,36 @@ async def test_body_broken_after_headers_aborts_the_client(edge: MakeEdge,
         await resp.read()
 
 
+def stored_zip(size: int) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("example.com/lib@v1.2.3/blob.bin", os.urandom(size))
+    return buffer.getvalue()
+
+
 async def test_streams_before_the_upstream_finishes(edge: MakeEdge) -> None:
-    """The first chunk reaches the client while the upstream still holds the rest."""
+    """The first half reaches the client while the upstream still holds the rest."""
     release = asyncio.Event()
+    body = stored_zip(300_000)
+    half = len(body) // 2
 
     async def slow_zip(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
-        resp.content_length = 2 * 65536
+        resp.content_length = len(body)
         await resp.prepare(request)
-        await resp.write(b"a" * 65536)
+        await resp.write(body[:half])
         await asyncio.wait_for(release.wait(), 10)
-        await resp.write(b"b" * 65536)
+        await resp.write(body[half:])
         return resp
 
     server = await upstream_app(slow_zip)
     try:
         client = await edge(public_config(("slow", str(server.make_url("")).rstrip("/"))))
         resp = await client.get("/example.com/lib/@v/v1.2.3.zip")
-        first = await asyncio.wait_for(resp.content.readexactly(65536), 5)
-        assert first == b"a" * 65536
+        first = await asyncio.wait_for(resp.content.readexactly(half - 1), 5)
+        assert first == body[:half - 1]
         release.set()
-        assert await asyncio.wait_for(resp.read(), 5) == b"b" * 65536
+        assert await asyncio.wait_for(resp.read(), 5) == body[half - 1:]
     finally:
         release.set()
         await server.close()
@@ -345,6 +357,8 @@ async def test_upstream_base_path_and_escaping(edge: MakeEdge) -> None:
 
     async def record(request: web.Request) -> web.Response:
         seen.append(request.raw_path)
+        if request.path.endswith(".info"):
+            return web.json_response({"Version": "v2.0.0+incompatible"})
         return web.Response(body=b"v0.1.0\n")
 
     server = await upstream_app(record)
