@@ -1,4 +1,4 @@
-"""The goproxy-router command line: serve, validate."""
+"""The goproxy-router command line: serve, validate, explain, check."""
 
 from __future__ import annotations
 
