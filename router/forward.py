@@ -146,14 +146,14 @@ class Forwarder:
         tries = {t.name: 0 for t in order}
         not_here: set[str] = set()        # said 404/410: never asked again
         running: dict[asyncio.Task[Fetched | Attempt], _Running] = {}
-        max_attempts = max(plan.retry.max_attempts, len(order))
         failures = 0
         hedged = False
         winner: str | None = None
         try:
             while True:
                 if not running:
-                    if sum(tries.values()) >= max_attempts:
+                    # "Not here" answers are lookups, not tries: they do not count.
+                    if sum(tries.values()) - len(not_here) >= plan.retry.max_attempts:
                         break
                     target = await self._next_target(plan, order, tries, not_here, deadline)
                     if target is None:

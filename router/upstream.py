@@ -138,6 +138,7 @@ class UpstreamClient:
             limit=self._connection_limit,
             limit_per_host=self._limit_per_host,
             ttl_dns_cache=60,
+            keepalive_timeout=10,
             enable_cleanup_closed=True,
         )
         # auto_decompress=False: bodies pass through exactly as the upstream sent them.
@@ -148,6 +149,13 @@ class UpstreamClient:
             headers={"User-Agent": USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        # aiohttp silently re-sends an idempotent request once when the connection
+        # drops before the response; the attempt policy owns retries (and counts
+        # them against the budget), so that hidden one is turned off. Pooled
+        # connections are kept only briefly (keepalive_timeout) so that a stale
+        # one, closed by the upstream meanwhile, is rare.
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:
