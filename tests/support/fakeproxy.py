@@ -2,10 +2,16 @@
 
 The router's worth is in how it treats bad upstreams, so every fake can be
 told, at runtime, to fail in the ways real proxies do: a status for
-everything, hanging after reading the request, slow headers, a body cut
-short after its Content-Length was promised, or refusing requests without
-the right credentials. Every wait is bounded: a hung handler is released at
-stop() and in any case after ``max_hang`` seconds.
+everything (429 with Retry-After), hanging after reading the request, slow
+headers, a body cut short after its Content-Length was promised, a reset
+(RST) mid-body, a bandwidth-throttled body, a corrupt body, or refusing
+requests without the right credentials -- for every matching request or
+only a seeded fraction of them. Every wait is bounded: a hung handler is
+released at stop() and in any case after ``max_hang`` seconds.
+
+Each logged request also records its fate (``faulted``, ``disconnected``,
+``completed``), so a test can see that a router gave up on a hung request
+and closed its connection (hedging, timeouts) rather than leaking it.
 
 Use ``FakeProxy`` as an async context manager inside the test's event loop,
 or ``ThreadedFakeProxy`` when the test itself blocks on subprocesses (the go
@@ -15,11 +21,13 @@ command, the router) and the fake must run on its own loop in a thread.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import socket
+import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
@@ -44,6 +52,20 @@ class Faults:
     missing -> 401, wrong value -> 403. Applies to every path.
     ``paths``: regex on the raw path; when set, the other faults apply only
     to matching requests (e.g. ``r"\\.zip$"``).
+    ``reset_before_headers``: read the request, then reset the connection
+    (RST) without sending anything.
+    ``reset``: send the headers (full Content-Length) and this many body
+    bytes (``True`` = half the body), pause ``reset_pause`` s so the peer
+    has read them, then reset the connection (SO_LINGER 0 + abort: RST).
+    ``throttle``: send the body at this many bytes per second, in small
+    chunks at most ``throttle_gap`` s apart (slow but steady).
+    ``retry_after``: with ``status`` (e.g. 429), the Retry-After header value.
+    ``corrupt``: replace the body of a 200 answer with these bytes
+    (Content-Length follows), e.g. ``b"not json"`` for ``.info``.
+    ``fraction``: apply the faults to only this share of matching requests;
+    the choice is a pure function of (``seed``, raw path, how many times
+    that path was seen), so a run is reproducible whatever the request order.
+    ``required_headers`` is not subject to ``paths`` or ``fraction``.
     """
 
     status: int | None = None
@@ -52,24 +74,71 @@ class Faults:
     truncate: bool | int = False
     required_headers: Mapping[str, str] = field(default_factory=dict)
     paths: str | None = None
+    reset_before_headers: bool = False
+    reset: bool | int = False
+    reset_pause: float = 0.05
+    throttle: float | None = None
+    throttle_gap: float = 0.05
+    retry_after: str | int | float | None = None
+    corrupt: bytes | None = None
+    fraction: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError("fraction must be within [0, 1]")
+        if self.throttle is not None and self.throttle <= 0:
+            raise ValueError("throttle is a positive byte rate")
 
     def applies_to(self, raw_path: str) -> bool:
         return self.paths is None or re.search(self.paths, raw_path) is not None
 
+    def chosen(self, raw_path: str, nth: int) -> bool:
+        """Whether the ``nth`` (0-based) request for ``raw_path`` gets the faults."""
+        if self.fraction >= 1.0:
+            return True
+        if self.fraction <= 0.0:
+            return False
+        return random.Random(f"{self.seed}:{raw_path}:{nth}").random() < self.fraction
+
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the fake saw it (raw path, so escaping is checkable)."""
+    """One request as the fake saw it (raw path, so escaping is checkable).
+
+    ``fate`` is filled in while the request is served: ``faulted`` (the
+    faults applied to it), ``disconnected`` (the client closed the
+    connection before the fake finished its answer: a cancelled hedge or a
+    timed-out attempt), ``completed`` (the whole answer was handed to the
+    transport) and ``ended_at``.
+    """
 
     method: str
     raw_path: str
     path: str
     headers: tuple[tuple[str, str], ...]
     at: float
+    fate: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def header(self, name: str) -> str | None:
         low = name.lower()
         return next((v for k, v in self.headers if k.lower() == low), None)
+
+    @property
+    def faulted(self) -> bool:
+        return bool(self.fate.get("faulted"))
+
+    @property
+    def disconnected(self) -> bool:
+        return bool(self.fate.get("disconnected"))
+
+    @property
+    def completed(self) -> bool:
+        return bool(self.fate.get("completed"))
+
+    def _end(self, **what: bool) -> None:
+        self.fate.update(what)
+        self.fate.setdefault("ended_at", time.monotonic())
 
 
 class FakeProxy:
@@ -82,6 +151,7 @@ class FakeProxy:
         self.faults = faults or Faults()
         self.max_hang = max_hang
         self._log: list[RequestRecord] = []
+        self._seen: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self.port: int | None = None
@@ -104,6 +174,21 @@ class FakeProxy:
 
     def clear_log(self) -> None:
         self._log.clear()
+
+    def faulted_paths(self) -> list[str]:
+        """Raw paths of the requests the faults were applied to."""
+        return [r.raw_path for r in self._log if r.faulted]
+
+    async def wait_until(self, predicate: Callable[[list[RequestRecord]], bool],
+                         timeout: float = 5.0) -> bool:
+        """Poll the log until ``predicate(requests)`` holds; False after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate(self.requests):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
 
     def set_faults(self, **changes: Any) -> Faults:
         """Change some faults, keeping the others (``set_faults(status=500)``)."""
@@ -153,45 +238,114 @@ class FakeProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
-        self._log.append(RequestRecord(
+        record = RequestRecord(
             method=request.method, raw_path=request.raw_path, path=request.path,
             headers=tuple(request.headers.items()), at=time.monotonic(),
-        ))
+        )
+        self._log.append(record)
         faults = self.faults
-        active = faults.applies_to(request.raw_path)
+        nth = self._seen.get(request.raw_path, 0)
+        self._seen[request.raw_path] = nth + 1
+        active = faults.applies_to(request.raw_path) and faults.chosen(request.raw_path, nth)
+        record.fate["faulted"] = active
+        try:
+            response = await self._answer(request, record, faults, active)
+        except (asyncio.CancelledError, ConnectionError):
+            # aiohttp cancels the handler when the client closes the connection.
+            record._end(disconnected=True)
+            raise
+        record.fate.setdefault("completed", False)
+        record.fate.setdefault("ended_at", time.monotonic())
+        return response
+
+    async def _answer(self, request: web.Request, record: RequestRecord, faults: Faults,
+                      active: bool) -> web.StreamResponse:
         if active and faults.delay and await self._wait_closing(faults.delay):
             return _drop(request)
         if active and faults.hang:
             await self._wait_closing(self.max_hang)
             return _drop(request)
+        if active and faults.reset_before_headers:
+            return _abort(request, web.Response(status=599))
         for name, want in faults.required_headers.items():
             got = request.headers.get(name)
             if got is None:
-                return _text(401, f"{self.name}: missing {name} header")
+                return self._done(record, _text(401, f"{self.name}: missing {name} header"))
             if got != want:
-                return _text(403, f"{self.name}: wrong {name} header")
+                return self._done(record, _text(403, f"{self.name}: wrong {name} header"))
         if active and faults.status is not None:
-            return _text(faults.status, f"{self.name}: injected status {faults.status}")
+            headers = ({"Retry-After": str(faults.retry_after)}
+                       if faults.retry_after is not None else None)
+            return self._done(record, _text(faults.status,
+                                            f"{self.name}: injected status {faults.status}", headers))
         if request.method not in ("GET", "HEAD"):
-            return _text(405, f"{self.name}: method not allowed")
+            return self._done(record, _text(405, f"{self.name}: method not allowed"))
         answer = self.tree.respond(request.path)
-        if active and faults.truncate and answer.status == 200:
-            return await self._truncated(request, answer.body, answer.content_type, faults.truncate)
-        return web.Response(status=answer.status, body=answer.body,
-                            headers={"Content-Type": answer.content_type})
+        body = answer.body
+        if active and answer.status == 200 and faults.corrupt is not None:
+            body = faults.corrupt
+        if active and answer.status == 200:
+            get = request.method == "GET"
+            if faults.reset and get:
+                return await self._reset(request, body, answer.content_type, faults)
+            if faults.truncate:
+                return await self._truncated(request, body, answer.content_type, faults.truncate)
+            if faults.throttle is not None and get:
+                return await self._throttled(request, record, body, answer.content_type, faults)
+        return self._done(record, web.Response(status=answer.status, body=body,
+                                               headers={"Content-Type": answer.content_type}))
+
+    @staticmethod
+    def _done(record: RequestRecord, response: web.StreamResponse) -> web.StreamResponse:
+        record._end(completed=True)
+        return response
 
     async def _truncated(self, request: web.Request, body: bytes, content_type: str,
                          truncate: bool | int) -> web.StreamResponse:
-        keep = len(body) // 2 if truncate is True else min(int(truncate), len(body) - 1)
+        keep = _cut(body, truncate)
         resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
         resp.content_length = len(body)
         await resp.prepare(request)
         await resp.write(body[:keep])
         return _drop(request, resp)
 
+    async def _reset(self, request: web.Request, body: bytes, content_type: str,
+                     faults: Faults) -> web.StreamResponse:
+        keep = _cut(body, faults.reset)
+        resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:keep])
+        # Let the peer read the headers and the first bytes: this is a reset mid-body.
+        if await self._wait_closing(faults.reset_pause):
+            return _drop(request, resp)
+        return _abort(request, resp)
 
-def _text(status: int, msg: str) -> web.Response:
-    return web.Response(status=status, body=(msg + "\n").encode(), headers={"Content-Type": _TEXT})
+    async def _throttled(self, request: web.Request, record: RequestRecord, body: bytes,
+                         content_type: str, faults: Faults) -> web.StreamResponse:
+        rate = float(faults.throttle or 1.0)
+        step = max(1, int(rate * faults.throttle_gap))
+        gap = step / rate
+        resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        for start in range(0, len(body), step):
+            if start and await self._wait_closing(gap):
+                return _drop(request, resp)
+            await resp.write(body[start:start + step])
+        await resp.write_eof()
+        record._end(completed=True)
+        return resp
+
+
+def _cut(body: bytes, keep: bool | int) -> int:
+    """How many body bytes to send before breaking off: ``True`` = half, else at most len-1."""
+    return len(body) // 2 if keep is True else max(0, min(int(keep), len(body) - 1))
+
+
+def _text(status: int, msg: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=(msg + "\n").encode(),
+                        headers={"Content-Type": _TEXT, **(headers or {})})
 
 
 def _drop(request: web.Request, resp: web.StreamResponse | None = None) -> web.StreamResponse:
@@ -204,6 +358,20 @@ def _drop(request: web.Request, resp: web.StreamResponse | None = None) -> web.S
     if transport is not None:
         transport.close()
     return resp if resp is not None else web.Response(status=599)
+
+
+def _abort(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Reset the connection: SO_LINGER 0 then abort, so the kernel sends RST, not FIN."""
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        transport.abort()
+    return resp
 
 
 class ThreadedFakeProxy:
@@ -239,6 +407,9 @@ class ThreadedFakeProxy:
 
     def raw_paths(self) -> list[str]:
         return self.proxy.raw_paths()
+
+    def faulted_paths(self) -> list[str]:
+        return self.proxy.faulted_paths()
 
     @property
     def faults(self) -> Faults:
