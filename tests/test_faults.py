@@ -151,22 +151,36 @@ def attempt_lines(got: Got, notes: list[str] | None = None) -> list[re.Match[str
     return matches
 
 
-def assert_nothing_bad_cached(cache_dir: Path, bad_bodies: list[bytes]) -> None:
+# Where an immutable artifact lives in a Go-download-cache layout (router/cache.py DiskCache).
+ARTIFACTS = {kind: PATHS[kind].lstrip("/") for kind in ("info", "mod", "zip")}
+
+
+def assert_nothing_bad_cached(cache_dir: Path, bad_bodies: list[bytes], kind: str | None = None,
+                              *, good_seen: bool = True) -> None:
     """CACHE HOOK: nothing truncated or invalid may be stored.
 
-    Today there is no cache, so this only checks that no file under the
-    route's cache dir holds one of the bad bodies byte for byte. When the
-    disk cache lands, extend this to look the artifact up by its cache key
-    (e.g. ``<escaped module>/@v/<version>.<ext>``) and assert that no file
-    exists for a request that never got a good answer, and that a cached
-    file for one that did equals the good bytes.
+    Checks that no file under the route's cache dir holds one of the bad
+    bodies byte for byte, and, for an immutable artifact (``kind`` info, mod
+    or zip), that a file stored under its Go download-cache name
+    (``<escaped module>/@v/<version>.<ext>``, wherever under the cache dir
+    the store roots it) holds exactly the good bytes -- or does not exist at
+    all when no good answer was ever served (``good_seen=False``). Until the
+    cache is wired into the request path these checks pass trivially; list
+    and @latest live in memory only and are covered by the fresh-fetch check.
     """
     if not cache_dir.exists():
         return
     bad = {b for b in bad_bodies if b}
+    suffix = ARTIFACTS.get(kind or "")
     for file in cache_dir.rglob("*"):
-        if file.is_file():
-            assert file.read_bytes() not in bad, f"bad body cached in {file}"
+        if not file.is_file():
+            continue
+        data = file.read_bytes()
+        assert data not in bad, f"bad body cached in {file}"
+        if suffix is None or file.name.startswith(".") or not file.as_posix().endswith("/" + suffix):
+            continue
+        assert good_seen, f"{file} cached although no upstream ever gave a good answer"
+        assert kind is not None and data == GOOD[kind], f"{file} does not hold the good bytes"
 
 
 async def assert_fresh_and_correct(client: TestClient, fakes: list[FakeProxy], kind: str,
@@ -187,7 +201,7 @@ async def assert_fresh_and_correct(client: TestClient, fakes: list[FakeProxy], k
         assert sum(len(f.requests) for f in fakes) > asked_before, \
             "answered without asking an upstream, yet no good answer was ever seen"
         assert got.headers.get("X-Goproxy-Cache") != "hit"
-    assert_nothing_bad_cached(cache_dir, bad_bodies)
+    assert_nothing_bad_cached(cache_dir, bad_bodies, kind)
 
 
 def within_budget(extra: int, client_requests: int, elapsed: float,
@@ -329,12 +343,15 @@ async def test_fault_with_a_healthy_second_upstream(
     extra = a_requests + len(b.requests) - 1
     assert within_budget(extra, 1, got.elapsed)
 
+    assert_nothing_bad_cached(tmp_path / "cache", _bad_bodies(fault, kind), kind,
+                              good_seen=not fault.breaks_stream(kind))
     if fault.make is None:
         [refused] = _failed_attempts(caplog, got.headers["X-Request-Id"])
         assert refused["upstream"] == "a"
     else:
         await assert_fresh_and_correct(client, fakes, kind, tmp_path / "cache",
-                                       _bad_bodies(fault, kind), nothing_good_before=False)
+                                       _bad_bodies(fault, kind),
+                                       nothing_good_before=fault.breaks_stream(kind))
 
 
 @pytest.mark.parametrize("fault, kind", MATRIX)
@@ -391,6 +408,8 @@ async def test_fault_on_every_upstream(
         for fake in fakes:
             assert await fake.wait_until(lambda rs: all(r.disconnected for r in rs), 3.0), \
                 f"{fake.name}: a timed-out request was never closed"
+    # No good answer was ever seen: nothing at all may be stored for this artifact.
+    assert_nothing_bad_cached(tmp_path / "cache", _bad_bodies(fault, kind), kind, good_seen=False)
     if fakes and fault.name != "status_429_retry_after":
         await assert_fresh_and_correct(client, fakes, kind, tmp_path / "cache",
                                        _bad_bodies(fault, kind), nothing_good_before=True)
@@ -894,3 +913,20 @@ async def test_hedges_spend_the_retry_budget(edge: MakeEdge, fake_proxy: MakeFak
     notes: list[str] = []
     assert [m["upstream"] for m in attempt_lines(got, notes)] == ["a"]
     assert any("budget" in note for note in notes), got.text
+
+
+def test_cache_hook_catches_a_bad_or_premature_file(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    assert_nothing_bad_cached(root, [b"not json"], "info", good_seen=False)     # no dir yet
+    artifact = root / "download" / ARTIFACTS["info"]
+    artifact.parent.mkdir(parents=True)
+    artifact.write_bytes(GOOD["info"])
+    assert_nothing_bad_cached(root, [b"not json"], "info")
+    with pytest.raises(AssertionError):
+        assert_nothing_bad_cached(root, [b"not json"], "info", good_seen=False)
+    artifact.write_bytes(GOOD["info"][:10])
+    with pytest.raises(AssertionError):
+        assert_nothing_bad_cached(root, [], "info")
+    artifact.write_bytes(b"not json")
+    with pytest.raises(AssertionError):
+        assert_nothing_bad_cached(root, [b"not json"])
