@@ -1,13 +1,19 @@
 """The aiohttp application: request id, access log, and the GOPROXY request flow.
 
-parse the path -> find the route -> check access -> forward to the route's
-upstreams. Every refusal is a short text/plain answer that the go command
-prints to the developer; nothing invalid is ever forwarded.
+parse the path -> find the route -> check access -> cache -> rank -> forward
+to the route's upstreams. Every refusal is a short text/plain answer that
+the go command prints to the developer; nothing invalid is ever forwarded.
+
+Two lifetimes: an `Edge` lives as long as the process (upstream client, live
+stats, retry budget, cache, metrics); an `EdgeState` is what one config
+gives (routes, plugins, GeoIP, probes) and is swapped whole on reload, so
+in-flight requests finish on the state they started with.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -16,16 +22,22 @@ from typing import Any
 
 from aiohttp import web
 
+from router import __version__
+from router.admin import AdminPolicy
+from router.artifacts import ArtifactCache
 from router.budget import RetryBudget
 from router.config import Config
-from router.forward import Forwarder, ForwardPlan, text_response
+from router.forward import AttemptObserver, Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, client_address, is_trusted, parse_ip
 from router.logs import log_event
+from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from router.metrics import LiveCollector, Metrics, MetricsObserver
 from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable
 from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
-from router.stats import StatsRegistry, StatsSettings
+from router.stats import BreakerState, StatsRegistry, StatsSettings
+from router.status import setup_status
 from router.sumdb import SumdbProxy
 from router.upstream import UpstreamClient, UpstreamTarget
 
@@ -33,6 +45,7 @@ log = logging.getLogger("router.access")
 errors_log = logging.getLogger("router.app")
 
 ALLOWED_METHODS = ("GET", "HEAD")
+SERVER = f"goproxy-router/{__version__}"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,7 +59,8 @@ class EdgeState:
     """
 
     def __init__(self, config: Config, client: UpstreamClient, registry: StatsRegistry,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, budget: RetryBudget | None = None,
+                 observer: AttemptObserver | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config, env)
         self.engine = Engine(load_plugins(config.scoring.plugins, config.scoring.plugin_dirs,
@@ -59,8 +73,8 @@ class EdgeState:
             for route in self.routes.routes
         }
         retry = config.retry
-        self.forwarder = Forwarder(client, registry, RetryBudget(
-            retry.budget_ratio, retry.budget_floor, retry.budget_window))
+        self.forwarder = Forwarder(client, registry, budget or RetryBudget(
+            retry.budget_ratio, retry.budget_floor, retry.budget_window), observer=observer)
         self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
         self.trusted_proxies = config.geoip.trusted_proxies
         self.prober = Prober(client, registry, (
@@ -97,7 +111,52 @@ class EdgeState:
         return explain(ctx, self.rank(ctx))
 
 
-STATE = web.AppKey("state", EdgeState)
+class Edge:
+    """The process-long parts, and the current EdgeState (swapped on reload)."""
+
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None,
+                 config_path: str | None = None) -> None:
+        self.env = env
+        self.config_path = config_path
+        self.client = UpstreamClient()
+        self.registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
+        retry = config.retry
+        self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window)
+        self.metrics = Metrics()
+        self.cache = ArtifactCache(config.cache)
+        self.state = self._state(config)
+        self.metrics.attach(LiveCollector(self.registry, lambda: self.budget, self.cache.info,
+                                          time.monotonic, lambda: self.state.engine.errors))
+        self.admin = AdminPolicy.from_config(config, env)
+
+    def _state(self, config: Config) -> EdgeState:
+        return EdgeState(config, self.client, self.registry, self.env, self.budget,
+                         MetricsObserver(self.metrics))
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new config atomically; the old one keeps serving on failure."""
+        try:
+            new = self._state(config)
+            admin = AdminPolicy.from_config(config, self.env)
+        except Exception:
+            self.metrics.reloads.labels("error").inc()
+            raise
+        old, self.state, self.admin = self.state, new, admin
+        for ignored in ("cache", "listen"):
+            if getattr(old.config, ignored) != getattr(config, ignored):
+                log_event(errors_log, logging.WARNING, "config change needs a restart",
+                          section=ignored)
+        self.registry.retain({(t.name, t.base_url) for c in new.candidates.values()
+                              for t in (cand.target for cand in c)})
+        new.prober.start()
+        await old.prober.stop()
+        old.geo.close()
+        self.metrics.reloads.labels("ok").inc()
+        log_event(errors_log, logging.INFO, "config reloaded",
+                  routes=[r.name for r in config.routes])
+
+
+EDGE = web.AppKey("edge", Edge)
 
 
 def _describe(req: ModuleRequest) -> str:
@@ -110,7 +169,8 @@ def _describe(req: ModuleRequest) -> str:
 
 async def handle(request: web.Request) -> web.StreamResponse:
     """Everything that is not a fixed endpoint: a GOPROXY or /sumdb/ path."""
-    state = request.app[STATE]
+    edge = request.app[EDGE]
+    state = request["state"]
     if request.method not in ALLOWED_METHODS:
         return text_response(405, f"goproxy-router: method {request.method} not allowed; "
                                   "the module proxy protocol is read-only (GET, HEAD)\n",
@@ -155,16 +215,44 @@ async def handle(request: web.Request) -> web.StreamResponse:
         hedge=route.hedge,
     )
     request["plan"] = plan
-    return await state.forwarder.forward(request, plan)
+    return await edge.cache.serve(request, req, plan, state.forwarder)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return text_response(200, "ok\n")
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the config is loaded, the cache writable and every route has a
+    usable upstream; otherwise 503 saying why."""
+    edge = request.app[EDGE]
+    problems = readiness_problems(edge)
+    if problems:
+        return text_response(503, "not ready:\n" + "".join(f"  {p}\n" for p in problems))
+    return text_response(200, "ready\n")
+
+
+def readiness_problems(edge: Edge) -> list[str]:
+    problems = []
+    cache_dir = edge.cache.disk.root
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        problems.append(f"cache directory {cache_dir} is not writable")
+    now = time.monotonic()
+    for route, candidates in edge.state.candidates.items():
+        if all(c.stats.breaker.state(now) is BreakerState.OPEN for c in candidates):
+            names = ", ".join(c.name for c in candidates)
+            problems.append(f"route {route}: every upstream is ejected ({names})")
+    return problems
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = request.app[EDGE].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 async def explain_endpoint(request: web.Request) -> web.Response:
     """GET /_router/explain?module=M[&client_ip=IP] (JSON); default client: the caller."""
-    state = request.app[STATE]
+    state = request["state"]
     module = request.query.get("module", "")
     raw_ip = request.query.get("client_ip")
     client_ip = parse_ip(raw_ip) if raw_ip else request["client_ip"]
@@ -183,7 +271,8 @@ async def explain_endpoint(request: web.Request) -> web.Response:
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, client address, the access log line, and no tracebacks to clients."""
     started = time.monotonic()
-    state = request.app[STATE]
+    edge = request.app[EDGE]
+    state = request["state"] = edge.state       # this request's config, even across a reload
     peer = request.transport.get_extra_info("peername") if request.transport else None
     peer_host = peer[0] if isinstance(peer, tuple) else None
     request["client_ip"] = client_address(peer_host, request.headers.get("X-Forwarded-For"),
@@ -194,8 +283,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                              else secrets.token_hex(8))
     status = 500
     try:
+        if _is_admin_path(request.path):
+            denied = edge.admin.check(request["client_ip"], request.headers.get("Authorization"))
+            if denied is not None:
+                status = 403
+                return text_response(403, f"goproxy-router: {denied}\n")
         response = await handler(request)
         status = response.status
+        request["bytes"] = _body_size(response)
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -207,46 +302,68 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                                       f"(request {request['request_id']})\n")
         return response
     finally:
-        _access_log(request, status, time.monotonic() - started)
+        _finished(edge, request, status, time.monotonic() - started)
 
 
-def _access_log(request: web.Request, status: int, elapsed: float) -> None:
+def _body_size(response: web.StreamResponse) -> int | None:
+    """Bytes of the body: sent already when streamed, or about to be for a plain Response."""
+    if response.prepared:
+        return response.body_length
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, (bytes, bytearray)) else response.content_length
+
+
+def _is_admin_path(path: str) -> bool:
+    return path.startswith("/_router/") or path == "/metrics"
+
+
+def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> None:
+    """One access log line and the request metrics."""
     plan: ForwardPlan | None = request.get("plan")
     attempts = plan.attempts if plan else []
-    upstream = attempts[-1].upstream if attempts and attempts[-1].status == 200 else None
+    ok = [a for a in attempts if a.outcome.value == "ok"]
+    cache = request.get("cache")
+    if request.get("kind") is not None or request.get("route") is not None:
+        edge.metrics.requests.labels(request.get("route") or "-", request.get("kind") or "sumdb",
+                                     str(status), cache or "none").inc()
     log_event(log, logging.INFO, "request",
               request_id=request["request_id"], client=str(request.get("client_ip")),
-              method=request.method, path=request.path, route=request.get("route"),
-              module=request.get("module"), version=request.get("version"),
-              kind=request.get("kind"), country=request.get("country"),
-              upstream=upstream, attempts=len(attempts),
-              status=status, elapsed=round(elapsed, 4))
+              country=request.get("country"), method=request.method, path=request.path,
+              route=request.get("route"), module=request.get("module"),
+              version=request.get("version"), kind=request.get("kind"),
+              upstream=ok[-1].upstream if ok else None,
+              attempts=sum(a.outcome.value != "ok" for a in attempts) + len(ok),
+              cache=cache, status=status, bytes=request.get("bytes"), elapsed=round(elapsed, 4))
 
 
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     request_id = request.get("request_id")
     if request_id:
         response.headers["X-Request-Id"] = request_id
+    response.headers["Server"] = SERVER
 
 
-def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
-    """The application for one config; the upstream client lives with the app."""
+def build_app(config: Config, env: Mapping[str, str] | None = None,
+              config_path: str | None = None) -> web.Application:
+    """The application for one config; the process-long parts live in its Edge."""
     app = web.Application(middlewares=[edge_middleware], handler_args={"max_field_size": 16384})
-    client = UpstreamClient()
-    registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
-    state = app[STATE] = EdgeState(config, client, registry, env)
+    edge = app[EDGE] = Edge(config, env, config_path)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/_router/explain", explain_endpoint)
+    setup_status(app, lambda: edge.state, edge.cache.info)
     app.router.add_route("*", "/{tail:.*}", handle)
-    app.on_response_prepare.append(_add_request_id)
+    app.on_response_prepare.append(_on_prepare)
 
-    async def client_context(app: web.Application) -> AsyncIterator[None]:
-        await client.start()
-        state.prober.start()
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        await edge.client.start()
+        edge.state.prober.start()
         yield
-        await state.prober.stop()
-        await client.close()
-        state.geo.close()
+        await edge.state.prober.stop()
+        await edge.client.close()
+        await edge.cache.close()
+        edge.state.geo.close()
 
-    app.cleanup_ctx.append(client_context)
+    app.cleanup_ctx.append(lifetime)
     return app

@@ -65,11 +65,13 @@ a small (<= 64 KiB) file once before the memory tier holds it, and
 ``stat``-s once on an index miss; ``abort()`` unlinks a temp file.
 
 ETag
-    Strong, from the stat of the committed file: ``"<size>-<mtime_ns>-<inode>"``
-    (hex). A file under an artifact name is never modified in place, only
-    created whole by an atomic rename, so (size, mtime_ns, inode) names one
-    byte sequence. It costs nothing (we stat anyway), survives restarts, and
-    is the same in every worker sharing the directory (same inode). A content
+    Strong, from the stat of the committed file: ``<mtime_ns>-<size>`` (hex),
+    the same value aiohttp's FileResponse computes, so an answer from the
+    memory tier and one sent with sendfile carry the same ETag. A file under
+    an artifact name is never modified in place, only created whole by an
+    atomic rename, so (mtime_ns, size) names one byte sequence. It costs
+    nothing (we stat anyway), survives restarts, and is the same in every
+    worker sharing the directory. A content
     hash would be stable across regions too, but would need every file read
     at startup (20 GB) or a sidecar per artifact; the go command does not
     revalidate, so a mismatch between regions costs only a spurious
@@ -160,7 +162,8 @@ def artifact_relpath(module: str, version: str, ext: str) -> str:
 
 
 def _etag(st: os.stat_result) -> str:
-    return f'"{st.st_size:x}-{st.st_mtime_ns:x}-{st.st_ino:x}"'
+    """aiohttp's FileResponse ETag (unquoted), so memory-tier and sendfile answers agree."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

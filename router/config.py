@@ -315,8 +315,21 @@ class Probes(_Strict):
 
 
 class Cache(_Strict):
+    """Immutable artifacts on disk (Go's download-cache layout); metadata in memory."""
+
     dir: str = "./cache"
-    max_size: ByteSize | None = None
+    max_size: ByteSize | None = None                        # e.g. 20GB; none = unbounded
+    memory: ByteSize = 64 * 2**20                           # small .info/.mod kept in memory
+    metadata_ttl: Annotated[float, Field(ge=0)] = 60.0      # list, @latest, non-canonical .info
+    negative_ttl: Annotated[float, Field(ge=0)] = 10.0      # remembered 404/410 answers
+    stale_max_age: Annotated[float, Field(ge=0)] = 86400.0  # served when every upstream fails
+
+
+class Admin(_Strict):
+    """Who may see /_router/* and /metrics: these networks, or a bearer of the token."""
+
+    cidrs: Networks = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    token_env: str | None = None
 
 
 class Config(_Strict):
@@ -331,6 +344,7 @@ class Config(_Strict):
     retry: Retry = Retry()
     hedge: Hedge = Hedge()
     probes: Probes = Probes()
+    admin: Admin = Admin()
 
     @field_validator("listen")
     @classmethod

@@ -29,8 +29,16 @@ from email.utils import parsedate_to_datetime
 from aiohttp import web
 
 from router.budget import RetryBudget
+from router.cache import CacheEntry, CacheError, CacheWriter
 from router.config import Hedge, Retry, Timeouts
-from router.integrity import SMALL_BODY_LIMIT, SMALL_KINDS, ZipTail, small_body_problem
+from router.integrity import (
+    SMALL_BODY_LIMIT,
+    SMALL_KINDS,
+    ZipTail,
+    decode_body,
+    is_identity,
+    small_body_problem,
+)
 from router.logs import log_event
 from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
@@ -46,6 +54,7 @@ log = logging.getLogger("router.forward")
 # Headers copied from an upstream answer. An allow-list: hop-by-hop headers,
 # cookies and server identity of the upstream never reach the client.
 PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+IDENTITY_HEADERS = ("Content-Type", "Last-Modified")
 ERROR_EXCERPT = 300
 MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
 
@@ -93,6 +102,7 @@ class ForwardPlan:
     hedge: Hedge = field(default_factory=Hedge)
     attempts: list[Attempt] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # policy decisions, e.g. budget refusals
+    response_headers: dict[str, str] = field(default_factory=dict)   # added to a 200
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -116,6 +126,19 @@ class Fetched:
     body: bytes | None             # the validated body of a small answer; None: stream it
 
 
+class AttemptObserver:
+    """Hooks the metrics use to see the policy at work; these defaults do nothing."""
+
+    def attempt(self, upstream: str, outcome: str, latency: float | None) -> None:
+        """An attempt ended; `latency` is its time to headers when it got an answer."""
+
+    def retry(self) -> None:
+        """An attempt is being made after a failed one."""
+
+    def hedge(self) -> None:
+        """A hedge request was sent."""
+
+
 class Forwarder:
     """Runs the attempt policy and writes the winner to the client.
 
@@ -124,11 +147,13 @@ class Forwarder:
     """
 
     def __init__(self, client: UpstreamClient, registry: StatsRegistry,
-                 budget: RetryBudget | None = None, rng: random.Random | None = None) -> None:
+                 budget: RetryBudget | None = None, rng: random.Random | None = None,
+                 observer: AttemptObserver | None = None) -> None:
         self._client = client
         self._registry = registry
         self.budget = budget or RetryBudget()
         self._rng = rng or random.Random()
+        self.observer = observer or AttemptObserver()
 
     async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
         fetched = await self.fetch(plan)
@@ -173,6 +198,7 @@ class Forwarder:
                     hedged = True
                     hedge_target = self._candidates(order, tries, not_here, running)[:1]
                     if hedge_target and self._spend(plan, "hedge"):
+                        self.observer.hedge()
                         self._launch(running, tries, hedge_target[0], plan, deadline)
                     continue
                 for task in done:
@@ -209,6 +235,7 @@ class Forwarder:
                 attempt = Attempt(run.target.name, Outcome.TIMEOUT, elapsed, None,
                                   f"timeout: no answer within the {plan.timeouts.deadline:g}s deadline")
             plan.attempts.append(attempt)
+            self.observer.attempt(attempt.upstream, attempt.outcome.value, None)
             self._log(plan, attempt, logging.INFO if winner else logging.WARNING)
         for task in list(running):
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,6 +281,7 @@ class Forwarder:
             return False
         if pause > 0:
             await asyncio.sleep(pause)
+        self.observer.retry()
         return True
 
     def _spend(self, plan: ForwardPlan, what: str) -> bool:
@@ -304,6 +332,7 @@ class Forwarder:
             if response.status != 200:
                 return await self._refused(plan, target, stats, response, started)
             headers_at = time.monotonic() - started
+            self.observer.attempt(target.name, Outcome.OK.value, headers_at)
             if not plan.reads_whole_body:
                 stats.record_success(headers_at)
                 streaming = True
@@ -312,13 +341,13 @@ class Forwarder:
                 body = await response.read_all(SMALL_BODY_LIMIT)
             except (AttemptError, AttemptTimeout) as exc:
                 return self._failed(plan, target, stats, Outcome.BROKEN, started, 200, str(exc))
-            problem = small_body_problem(plan.kind, body, response.headers.get("Content-Encoding"),
-                                         plan.expected_version)
+            encoding = response.headers.get("Content-Encoding")
+            problem = small_body_problem(plan.kind, body, encoding, plan.expected_version)
             if problem is not None:
                 return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
                                     f"invalid {_kind_label(plan.kind)}: {problem}")
             stats.record_success(headers_at)
-            return Fetched(target, stats, response, body)
+            return Fetched(target, stats, response, decode_body(body, encoding))
         except asyncio.CancelledError:
             stats.record_slow(time.monotonic() - started)   # at least this slow: never faster
             raise
@@ -340,6 +369,7 @@ class Forwarder:
             attempt = Attempt(target.name, Outcome.NOT_FOUND, elapsed, response.status,
                               f"not found ({status_line}){suffix}")
             plan.attempts.append(attempt)
+            self.observer.attempt(target.name, attempt.outcome.value, elapsed)
             self._log(plan, attempt, logging.INFO)
             return attempt
         if response.status == 429:
@@ -354,6 +384,7 @@ class Forwarder:
         attempt = Attempt(target.name, outcome, time.monotonic() - started, status, detail)
         plan.attempts.append(attempt)
         stats.record_failure(attempt.elapsed, detail)
+        self.observer.attempt(target.name, outcome.value, None)
         self._log(plan, attempt, logging.WARNING)
         return attempt
 
@@ -367,74 +398,141 @@ class Forwarder:
 
     # -- the answer --------------------------------------------------------------
 
+    def answer_headers(self, plan: ForwardPlan, fetched: Fetched) -> dict[str, str]:
+        """The headers a client gets with an upstream's 200 (a small body is held decoded)."""
+        passed = PASSED_HEADERS if fetched.body is None else IDENTITY_HEADERS
+        headers = {name: fetched.response.headers[name] for name in passed
+                   if name in fetched.response.headers}
+        headers["X-Goproxy-Upstream"] = fetched.target.name
+        headers.update(plan.response_headers)
+        return headers
+
     async def respond(self, request: web.Request, plan: ForwardPlan,
                       fetched: Fetched) -> web.StreamResponse:
         """Send a fetched answer: a validated small body at once, or stream the rest."""
-        headers = {name: fetched.response.headers[name] for name in PASSED_HEADERS
-                   if name in fetched.response.headers}
-        headers["X-Goproxy-Upstream"] = fetched.target.name
-        if fetched.body is not None:
-            plan.attempts.append(Attempt(fetched.target.name, Outcome.OK,
-                                         time.monotonic() - plan.started, 200, "ok"))
+        headers = self.answer_headers(plan, fetched)
+        if fetched.body is not None:             # already read whole, checked and decoded
+            self.note_ok(plan, fetched)
             return web.Response(status=200, body=fetched.body, headers=headers)
-        try:
-            return await self._stream(request, plan, fetched, headers)
-        finally:
-            fetched.stats.end()
+        client = ClientSink(request)
+        await self.pump(plan, fetched, client, None, headers)
+        return client.response or web.Response(status=200)
 
-    async def _stream(self, request: web.Request, plan: ForwardPlan, fetched: Fetched,
-                      headers: dict[str, str]) -> web.StreamResponse:
-        """Copy a 200 chunk by chunk, awaiting each write (backpressure).
+    @staticmethod
+    def note_ok(plan: ForwardPlan, fetched: Fetched) -> None:
+        """Record that a small answer was taken (streamed ones are recorded by pump)."""
+        plan.attempts.append(Attempt(fetched.target.name, Outcome.OK,
+                                     time.monotonic() - plan.started, 200, "ok"))
 
-        A zip's very last byte is held back until its end-of-archive record has
-        been seen: should the check fail, the client is cut off one byte short
-        and can never take the body for complete.
+    async def pump(self, plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
+                   cache: CacheWriter | None, headers: dict[str, str]) -> CacheEntry | None:
+        """Stream a 200's body to the client and/or the cache, chunk by chunk.
+
+        Each write is awaited (backpressure). A client that goes away only
+        detaches: the body still fills the cache. A zip's very last byte is
+        held back from the client until its end-of-archive record has been
+        seen and the cache commit passed its checks; if anything fails, the
+        client is cut off one byte short and can never take the body for
+        complete, and the cache keeps nothing. Returns the committed entry.
         """
         upstream, target, stats = fetched.response, fetched.target, fetched.stats
         started = time.monotonic()
-        response = web.StreamResponse(status=200, headers=headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
-        await response.prepare(request)
-        if plan.method == "HEAD":
-            upstream.close()
-            await response.write_eof()
-            plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
-            return response
-        tail = ZipTail() if plan.kind == "zip" else None
-        held = b""
         try:
-            async for chunk in upstream.chunks():
-                if tail is not None:
-                    tail.feed(chunk)
-                    if held:
-                        await response.write(held)
-                    held = chunk[-1:]
-                    await response.write(memoryview(chunk)[:-1])
-                    continue
-                await response.write(chunk)
-            expected = upstream.content_length
-            received = tail.total if tail is not None else None
-            if tail is not None and expected is not None and received != expected:
-                raise AttemptError(f"body ended after {received} of {expected} bytes")
-            problem = tail.problem() if tail is not None else None
-            if problem is not None:
-                raise AttemptError(f"invalid .zip: {problem}")
-        except (AttemptError, AttemptTimeout) as exc:
-            upstream.close()
-            self._failed(plan, target, stats, Outcome.BROKEN, started, 200,
-                         f"{exc} (the client connection was aborted)")
-            abort_client(request)
-            return response
+            if client is not None:
+                await client.start(headers, upstream.content_length)
+            if plan.method == "HEAD":
+                upstream.close()
+                if client is not None:
+                    await client.finish(b"")
+                plan.attempts.append(Attempt(target.name, Outcome.OK, 0.0, 200, "ok"))
+                return None
+            # A zip the upstream compressed anyway (despite identity) cannot be checked.
+            checkable = is_identity(upstream.headers.get("Content-Encoding"))
+            tail = ZipTail() if plan.kind == "zip" and checkable else None
+            received = 0
+            held = b""
+            try:
+                async for chunk in upstream.chunks():
+                    received += len(chunk)
+                    if cache is not None:
+                        await cache.write(chunk)
+                    if tail is not None:
+                        tail.feed(chunk)
+                    if client is not None:
+                        if tail is None:
+                            await client.write(chunk)
+                        else:
+                            await client.write(held)
+                            held = chunk[-1:]
+                            await client.write(memoryview(chunk)[:-1])
+                expected = upstream.content_length
+                if expected is not None and received != expected:
+                    raise AttemptError(f"body ended after {received} of {expected} bytes")
+                problem = tail.problem() if tail is not None else None
+                if problem is not None:
+                    raise AttemptError(f"invalid .zip: {problem}")
+                entry = await cache.commit(received) if cache is not None else None
+            except (AttemptError, AttemptTimeout, CacheError) as exc:
+                upstream.close()
+                if cache is not None:
+                    cache.abort()
+                aborted = " (the client connection was aborted)" if client and client.started else ""
+                self._failed(plan, target, stats, Outcome.BROKEN, started, 200, f"{exc}{aborted}")
+                if client is not None:
+                    client.abort()
+                return None
+            upstream.release()
+            if client is not None:
+                await client.finish(held)
+            plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
+            return entry
+        finally:
+            fetched.stats.end()
+
+
+class ClientSink:
+    """The client end of a stream: prepared on demand, detached if the client leaves."""
+
+    __slots__ = ("request", "response", "gone")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self.gone = False
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def start(self, headers: dict[str, str], content_length: int | None) -> None:
+        response = web.StreamResponse(status=200, headers=headers)
+        if content_length is not None:
+            response.content_length = content_length
+        self.response = response
+        try:
+            await response.prepare(self.request)
         except (ConnectionError, OSError):
-            upstream.close()     # the client went away: nothing to tell it
-            raise
-        if held:
-            await response.write(held)
-        upstream.release()
-        await response.write_eof()
-        plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
-        return response
+            self.gone = True
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if self.gone or not data or self.response is None:
+            return
+        try:
+            await self.response.write(data)
+        except (ConnectionError, OSError):
+            self.gone = True     # keep reading: the body may still fill the cache
+
+    async def finish(self, last: bytes) -> None:
+        await self.write(last)
+        if self.gone or self.response is None:
+            return
+        try:
+            await self.response.write_eof()
+        except (ConnectionError, OSError):
+            self.gone = True
+
+    def abort(self) -> None:
+        abort_client(self.request)
 
 
 def _kind_label(kind: str) -> str:

@@ -21,8 +21,22 @@ _EOCD = b"PK\x05\x06"
 ZIP_TAIL = 22 + 0xFFFF                 # EOCD record plus the longest comment
 
 
+def is_identity(content_encoding: str | None) -> bool:
+    return (content_encoding or "identity").strip().lower() == "identity"
+
+
+def decode_body(body: bytes, content_encoding: str | None) -> bytes:
+    """The identity bytes of a small answer (an upstream may ignore Accept-Encoding: identity).
+
+    Raises ValueError when the body does not decode.
+    """
+    try:
+        return _decoded(body, content_encoding)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(f"{content_encoding} body does not decode") from exc
+
+
 def _decoded(body: bytes, content_encoding: str | None) -> bytes:
-    """The identity bytes, for checking only (an upstream may ignore Accept-Encoding)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "gzip":
         return gzip.decompress(body)
@@ -35,9 +49,9 @@ def small_body_problem(kind: str, body: bytes, content_encoding: str | None,
                        expected_version: str | None) -> str | None:
     """Why a list/.info/.mod/@latest body is not a valid answer, or None if it is."""
     try:
-        data = _decoded(body, content_encoding)
-    except (OSError, EOFError, zlib.error):
-        return f"{content_encoding} body does not decode"
+        data = decode_body(body, content_encoding)
+    except ValueError as exc:
+        return str(exc)
     if kind in ("info", "latest"):
         try:
             info = json.loads(data)

@@ -256,11 +256,11 @@ FAST_TIMEOUTS = {"connect": 2, "headers": 0.5, "read": 2}
 
 
 @pytest.fixture
-async def edge() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+async def edge(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """Factory: ``await edge(config_dict, env)`` -> a TestClient on an in-process router.
 
     Timeouts default to a fast set so failure tests stay quick; active probes
-    are off unless the config turns them on.
+    are off unless the config turns them on; the cache lives under tmp.
     """
     from aiohttp.test_utils import TestClient, TestServer
 
@@ -272,6 +272,7 @@ async def edge() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     async def make(config: dict[str, Any], env: dict[str, str] | None = None) -> TestClient:
         config.setdefault("timeouts", FAST_TIMEOUTS)
         config.setdefault("probes", {"enabled": False})   # keep fakes' request logs exact
+        config.setdefault("cache", {"dir": str(tmp_path / f"cache{len(clients)}")})
         parsed = parse_config(yaml.safe_dump(config), "routes.yaml", env or {})
         client = TestClient(TestServer(build_app(parsed, env or {}), host="127.0.0.1"))
         await client.start_server()

@@ -80,7 +80,8 @@ def config(upstreams: list[tuple[str, str]], tmp_path: Path, **extra: Any) -> di
         "routes": [{"name": "public", "match": ["*"], "upstreams": [n for n, _ in upstreams]}],
         "scoring": {"plugins": []},
         "timeouts": dict(TIMEOUTS),
-        "cache": {"dir": str(tmp_path / "cache")},
+        # Remembered 404s would answer the "fault cleared" re-request from memory.
+        "cache": {"dir": str(tmp_path / "cache"), "negative_ttl": 0},
         "probes": {"enabled": False},
     }
     cfg.update(extra)

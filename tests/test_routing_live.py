@@ -8,6 +8,7 @@ X-Forwarded-For, honoured only from a trusted peer.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from tests.support.mmdb import write_country_db
 
 MOD = Module("example.com/lib", "v1.0.0")
 TREE = ModuleTree([MOD])
-INFO = "/example.com/lib/@v/v1.0.0.info"
+# @latest, with the metadata cache off: every request is ranked and forwarded.
+LATEST = "/example.com/lib/@latest"
 CN_CLIENT, DE_CLIENT = "1.0.1.5", "2.16.0.9"
 BASE_DELAY = 0.02
 
@@ -38,7 +40,8 @@ async def three_regions(fake_proxy: MakeFake) -> dict[str, FakeProxy]:
             for region in ("us", "de", "cn")}
 
 
-def live_config(fakes: dict[str, FakeProxy], db: str, trusted: list[str]) -> dict[str, Any]:
+def live_config(fakes: dict[str, FakeProxy], db: str, trusted: list[str],
+                cache_dir: str) -> dict[str, Any]:
     return {
         "upstreams": {name: {"url": fake.url, "countries": [name.upper()]}
                       for name, fake in fakes.items()},
@@ -47,13 +50,17 @@ def live_config(fakes: dict[str, FakeProxy], db: str, trusted: list[str]) -> dic
         "scoring": {"decay": 1.0},                       # seconds: fast enough for a test
         "probes": {"enabled": True, "interval": 0.1, "timeout": 2},
         "timeouts": {"connect": 2, "headers": 5, "read": 5},
+        "cache": {"dir": cache_dir, "metadata_ttl": 0, "negative_ttl": 0},
+        # explain is asked with X-Forwarded-For clients here: open the operator surface.
+        "admin": {"cidrs": ["0.0.0.0/0", "::/0"]},
     }
 
 
 async def served_by(client: TestClient, xff: str) -> str:
-    resp = await client.get(INFO, headers={"X-Forwarded-For": xff})
+    resp = await client.get(LATEST, headers={"X-Forwarded-For": xff})
     assert resp.status == 200
-    assert await resp.read() == MOD.info
+    assert json.loads(await resp.read())["Version"] == "v1.0.0"
+    assert resp.headers["X-Goproxy-Cache"] == "miss"
     return resp.headers["X-Goproxy-Upstream"]
 
 
@@ -69,9 +76,9 @@ async def wait_for_samples(fakes: dict[str, FakeProxy]) -> None:
 
 
 async def test_traffic_follows_country_then_latency_and_back(
-        edge: MakeEdge, fake_proxy: MakeFake, country_db: str) -> None:
+        edge: MakeEdge, fake_proxy: MakeFake, country_db: str, tmp_path: Path) -> None:
     fakes = await three_regions(fake_proxy)
-    client = await edge(live_config(fakes, country_db, ["127.0.0.1/32"]))
+    client = await edge(live_config(fakes, country_db, ["127.0.0.1/32"], str(tmp_path / "c1")))
     await wait_for_samples(fakes)
 
     # Equal latencies: the CN client is served from CN, the DE client from DE.
@@ -98,10 +105,10 @@ async def test_traffic_follows_country_then_latency_and_back(
 
 
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
-        edge: MakeEdge, fake_proxy: MakeFake, country_db: str) -> None:
+        edge: MakeEdge, fake_proxy: MakeFake, country_db: str, tmp_path: Path) -> None:
     fakes = await three_regions(fake_proxy)
-    trusted = await edge(live_config(fakes, country_db, ["127.0.0.1/32"]))
-    untrusted = await edge(live_config(fakes, country_db, ["10.0.0.0/8"]))
+    trusted = await edge(live_config(fakes, country_db, ["127.0.0.1/32"], str(tmp_path / "c1")))
+    untrusted = await edge(live_config(fakes, country_db, ["10.0.0.0/8"], str(tmp_path / "c2")))
     headers = {"X-Forwarded-For": CN_CLIENT}
 
     resp = await trusted.get("/_router/explain?module=example.com/lib", headers=headers)
@@ -116,9 +123,9 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 
 
 async def test_explain_shows_every_factor_cost_and_order(
-        edge: MakeEdge, fake_proxy: MakeFake, country_db: str) -> None:
+        edge: MakeEdge, fake_proxy: MakeFake, country_db: str, tmp_path: Path) -> None:
     fakes = await three_regions(fake_proxy)
-    client = await edge(live_config(fakes, country_db, ["127.0.0.1/32"]))
+    client = await edge(live_config(fakes, country_db, ["127.0.0.1/32"], str(tmp_path / "c1")))
     resp = await client.get(f"/_router/explain?module=example.com/lib&client_ip={DE_CLIENT}")
     assert resp.status == 200
     report = await resp.json()
@@ -138,14 +145,15 @@ async def test_explain_shows_every_factor_cost_and_order(
     assert bad.status == 400
 
 
-async def test_breaker_ejects_probes_half_open_and_readmits(edge: MakeEdge,
-                                                            fake_proxy: MakeFake) -> None:
+async def test_breaker_ejects_probes_half_open_and_readmits(edge: MakeEdge, fake_proxy: MakeFake,
+                                                            tmp_path: Path) -> None:
     bad = await fake_proxy(TREE, name="bad", faults=Faults(status=500))
     good = await fake_proxy(TREE, name="good")
     client = await edge({
         "upstreams": {"bad": {"url": bad.url},                  # tier 0: tried first
                       "good": {"url": good.url, "priority": 1}},
         "routes": [{"name": "public", "match": ["*"], "upstreams": ["bad", "good"]}],
+        "cache": {"dir": str(tmp_path / "cache"), "metadata_ttl": 0, "negative_ttl": 0},
         "scoring": {"breaker": {"threshold": 3, "ejection": 0.5, "max_ejection": 2}},
         "probes": {"enabled": True, "interval": 60, "timeout": 2},
     })
@@ -155,7 +163,7 @@ async def test_breaker_ejects_probes_half_open_and_readmits(edge: MakeEdge,
         return [r.raw_path for r in fake.requests if r.raw_path != "/"]
 
     for _ in range(6):
-        resp = await client.get(INFO)
+        resp = await client.get(LATEST)
         assert resp.status == 200 and resp.headers["X-Goproxy-Upstream"] == "good"
     assert len(real(bad)) <= 3, "bad should be ejected after 3 consecutive failures"
     ejected_at = len(bad.requests)
@@ -165,17 +173,17 @@ async def test_breaker_ejects_probes_half_open_and_readmits(edge: MakeEdge,
     while len(bad.requests) == ejected_at and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert bad.requests[-1].raw_path == "/", "the half-open trial should be a probe"
-    resp = await client.get(INFO)
+    resp = await client.get(LATEST)
     assert resp.headers["X-Goproxy-Upstream"] == "good"
 
     # Fixed: the next half-open probe succeeds and real traffic returns to tier 0.
     bad.clear_faults()
     deadline = time.monotonic() + 10
     while True:
-        resp = await client.get(INFO)
+        resp = await client.get(LATEST)
         assert resp.status == 200
         if resp.headers["X-Goproxy-Upstream"] == "bad":
             break
         assert time.monotonic() < deadline, "bad was never readmitted"
         await asyncio.sleep(0.1)
-    assert real(bad)[-1] == INFO
+    assert real(bad)[-1] == LATEST

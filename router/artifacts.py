@@ -1,0 +1,257 @@
+"""Serving from the cache: hits from disk or memory, coalesced fills, stale metadata.
+
+Immutable artifacts (.info/.mod/.zip of a canonical version) live in the
+disk cache for good; list, @latest and non-canonical .info live briefly in
+memory, and their last good answer is kept to be served stale when every
+upstream fails. Concurrent requests for the same missing thing make one
+upstream fetch. For a zip the first requester streams it as it arrives
+(teed into the cache); the others wait for the committed file and get it
+with sendfile — they would otherwise each hold a reader on a growing file
+for the same total time, and a fill that fails reaches them as one clear
+error instead of a cut-off body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataCache, NegativeAnswer
+from router.config import Cache
+from router.forward import ClientSink, Forwarder, ForwardPlan, failure_response, text_response
+from router.integrity import is_identity
+from router.protocol import ModuleRequest
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+CONTENT_TYPES = {"info": "application/json", "mod": "text/plain; charset=utf-8",
+                 "zip": "application/zip", "list": "text/plain; charset=utf-8",
+                 "latest": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A fill that did not produce an answer; shared by every coalesced requester."""
+
+    status: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Filled:
+    entry: CacheEntry
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetaAnswer:
+    """A list/@latest/.info answer kept in memory."""
+
+    body: bytes
+    content_type: str
+    upstream: str
+    fetched_at: float
+    etag: str
+
+
+class ArtifactCache:
+    """The cache in front of the forwarder; lives as long as the process, across reloads."""
+
+    def __init__(self, config: Cache) -> None:
+        self.config = config
+        self.disk = DiskCache.open(Path(config.dir), config.max_size,
+                                   small_cache_bytes=config.memory)
+        self.meta: MetadataCache[MetaAnswer] = MetadataCache(
+            ttl=config.metadata_ttl, negative_ttl=config.negative_ttl,
+            stale_max_age=config.stale_max_age)
+        self._fills: Coalescer[tuple[str, ...], Filled | MetaAnswer | Failure] = Coalescer()
+        self.stale_served = 0
+        self.meta_hits = 0
+        self.meta_misses = 0
+
+    def info(self) -> dict[str, float]:
+        """Numbers for metrics and the status page."""
+        disk = self.disk
+        return {"size_bytes": disk.size, "max_size_bytes": self.config.max_size or 0,
+                "hits": disk.hits + self.meta_hits, "misses": disk.misses + self.meta_misses,
+                "stale": self.stale_served, "evictions": disk.evictions}
+
+    async def close(self) -> None:
+        await self._fills.close()
+        await self.disk.drain()
+        self.disk.close()
+
+    async def serve(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
+                    forwarder: Forwarder) -> web.StreamResponse:
+        if req.immutable:
+            return await self._immutable(request, req, plan, forwarder)
+        return await self._metadata(request, plan, forwarder)
+
+    # -- immutable artifacts -------------------------------------------------------
+
+    async def _immutable(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
+                         forwarder: Forwarder) -> web.StreamResponse:
+        module, version, ext = req.module, req.version or "", req.kind.value
+        entry = self.disk.get(module, version, ext)
+        if entry is not None:
+            request["cache"] = "hit"
+            response = await self._send_entry(request, entry, "hit", None)
+            if response is not None:
+                return response
+        negative = self.meta.get_negative((plan.route, plan.path))
+        if negative is not None:
+            request["cache"] = "hit"
+            return _negative_response(negative)
+        request["cache"] = "miss"
+        plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
+        if request.method == "HEAD":                 # no body to keep: just ask upstream
+            return await forwarder.forward(request, plan)
+        sink = ClientSink(request) if ext == "zip" else None
+        result = await self._fills.run(
+            ("artifact", plan.path),
+            lambda: self._fill(plan, forwarder, module, version, ext, sink))
+        if sink is not None and sink.started:        # this request led the fill and streamed it
+            assert sink.response is not None
+            return sink.response
+        if isinstance(result, Filled):
+            response = await self._send_entry(request, result.entry, "miss", result.upstream)
+            if response is not None:
+                return response
+            return text_response(503, "goproxy-router: the cached file vanished; try again\n")
+        assert isinstance(result, Failure)
+        return text_response(result.status, result.text)
+
+    async def _fill(self, plan: ForwardPlan, forwarder: Forwarder, module: str, version: str,
+                    ext: str, sink: ClientSink | None) -> Filled | Failure:
+        """One upstream fetch into the cache (and, for a zip, to the first requester)."""
+        fetched = await forwarder.fetch(plan)
+        if fetched is None:
+            return self._failed(plan)
+        if fetched.body is None and not is_identity(fetched.response.headers.get("Content-Encoding")):
+            # A compressed zip despite Accept-Encoding: identity: pass it through, keep nothing.
+            # The first requester gets it as sent; anyone coalesced onto it is asked to retry.
+            await forwarder.pump(plan, fetched, sink, None, forwarder.answer_headers(plan, fetched))
+            return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent a "
+                                "compressed zip, which is passed through but not cached; try again\n")
+        writer = self.disk.writer(module, version, ext)
+        try:
+            if fetched.body is not None:             # already read whole and checked
+                forwarder.note_ok(plan, fetched)
+                await writer.write(fetched.body)
+                entry = await writer.commit(len(fetched.body))
+            else:
+                entry = await forwarder.pump(plan, fetched, sink, writer,
+                                             forwarder.answer_headers(plan, fetched))
+        except CacheError as exc:
+            writer.abort()
+            return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent an "
+                                f"artifact the cache rejected: {exc}\n")
+        if entry is None:
+            return Failure(502, failure_response(plan).text or "")
+        return Filled(entry, fetched.target.name)
+
+    def _failed(self, plan: ForwardPlan) -> Failure:
+        response = failure_response(plan)
+        text = response.text or ""
+        if response.status == 404:
+            self.meta.put_negative((plan.route, plan.path), 404, text.encode())
+        return Failure(response.status, text)
+
+    async def _send_entry(self, request: web.Request, entry: CacheEntry, state: str,
+                          upstream: str | None) -> web.StreamResponse | None:
+        """A cached artifact: from memory when small, else sendfile (Range, conditionals).
+        None when the file vanished meanwhile (evicted by another worker)."""
+        ext = entry.key.rsplit(".", 1)[-1]
+        headers = {"Cache-Control": IMMUTABLE, "X-Goproxy-Cache": state,
+                   "Content-Type": CONTENT_TYPES[ext]}
+        if upstream is not None:
+            headers["X-Goproxy-Upstream"] = upstream
+        if entry.data is not None and "Range" not in request.headers:
+            if _not_modified(request, entry.etag, entry.mtime):
+                response = web.Response(status=304, headers=headers)
+            else:
+                response = web.Response(body=entry.data, headers=headers)
+            response.etag = entry.etag
+            response.last_modified = entry.mtime
+            return response
+        with self.disk.lease(entry):
+            response = web.FileResponse(entry.path, headers=headers)
+            try:
+                await response.prepare(request)
+            except FileNotFoundError:
+                self.disk.discard(entry)
+                return None
+            return response
+
+    # -- metadata --------------------------------------------------------------------
+
+    async def _metadata(self, request: web.Request, plan: ForwardPlan,
+                        forwarder: Forwarder) -> web.StreamResponse:
+        key = (plan.route, plan.path)
+        fresh = self.meta.get_fresh(key)
+        if fresh is not None:
+            self.meta_hits += 1
+            request["cache"] = "hit"
+            return self._meta_response(request, fresh, "hit")
+        negative = self.meta.get_negative(key)
+        if negative is not None:
+            self.meta_hits += 1
+            request["cache"] = "hit"
+            return _negative_response(negative)
+        self.meta_misses += 1
+        plan.method = "GET"                     # HEAD is answered from a whole GET
+        result = await self._fills.run(("meta", *key), lambda: self._fetch_meta(plan, forwarder))
+        if isinstance(result, MetaAnswer):
+            request["cache"] = "miss"
+            return self._meta_response(request, result, "miss")
+        assert isinstance(result, Failure)
+        stale = self.meta.get_stale(key) if result.status != 404 else None
+        if stale is not None:
+            self.stale_served += 1
+            request["cache"] = "stale"
+            return self._meta_response(request, stale[0], "stale")
+        request["cache"] = "miss"
+        return text_response(result.status, result.text)
+
+    async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | Failure:
+        fetched = await forwarder.fetch(plan)
+        if fetched is None:
+            return self._failed(plan)
+        forwarder.note_ok(plan, fetched)
+        body = fetched.body or b""
+        content_type = fetched.response.headers.get("Content-Type", CONTENT_TYPES[plan.kind])
+        answer = MetaAnswer(body, content_type, fetched.target.name, time.monotonic(),
+                            hashlib.blake2b(body, digest_size=8).hexdigest())
+        self.meta.put((plan.route, plan.path), answer)
+        return answer
+
+    def _meta_response(self, request: web.Request, answer: MetaAnswer, state: str) -> web.Response:
+        age = max(time.monotonic() - answer.fetched_at, 0.0)
+        max_age = 0 if state == "stale" else max(int(self.config.metadata_ttl - age), 0)
+        headers = {"Content-Type": answer.content_type, "X-Goproxy-Cache": state,
+                   "X-Goproxy-Upstream": answer.upstream, "Age": str(int(age)),
+                   "Cache-Control": f"public, max-age={max_age}"}
+        if _not_modified(request, answer.etag, None):
+            response = web.Response(status=304, headers=headers)
+        else:
+            response = web.Response(body=answer.body, headers=headers)
+        response.etag = answer.etag
+        return response
+
+
+def _not_modified(request: web.Request, etag: str, mtime: float | None) -> bool:
+    """RFC 9110 conditional GET: If-None-Match wins over If-Modified-Since."""
+    if_none_match = request.if_none_match
+    if if_none_match is not None:
+        return any(tag.value in (etag, "*") for tag in if_none_match)
+    since = request.if_modified_since
+    return mtime is not None and since is not None and int(mtime) <= since.timestamp()
+
+
+def _negative_response(negative: NegativeAnswer) -> web.Response:
+    return web.Response(status=negative.status, body=negative.body,
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Goproxy-Cache": "hit"})

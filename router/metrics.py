@@ -1,0 +1,128 @@
+"""Prometheus metrics: what an operator graphs and alerts on.
+
+Every label value comes from the config or a small fixed set (route and
+upstream names, request kinds, status codes, outcomes), never from the
+request: a module path would make the series count unbounded. Live values
+(breaker state, latency estimate, cache size) are read at scrape time by a
+collector rather than pushed on every change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from router.forward import AttemptObserver
+from router.stats import BreakerState, StatsRegistry
+
+BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """The counters and histograms of one router process, in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "goproxy_requests", "Client requests answered, by route, kind, status and cache result.",
+            ["route", "kind", "status", "cache"], registry=r)
+        self.attempts = Counter(
+            "goproxy_upstream_attempts", "Requests sent to upstreams, by upstream and outcome.",
+            ["upstream", "outcome"], registry=r)
+        self.upstream_latency = Histogram(
+            "goproxy_upstream_latency_seconds",
+            "Time from sending a request to an upstream to its response headers.",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retries = Counter("goproxy_retries", "Attempts made after a failed one.", registry=r)
+        self.hedges = Counter("goproxy_hedges", "Hedged requests sent to a second upstream.",
+                              registry=r)
+        self.checksum_mismatches = Counter(
+            "goproxy_checksum_mismatches",
+            "Artifacts whose bytes disagreed with what the cache or checksum database expected.",
+            registry=r)
+        self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
+                               ["result"], registry=r)
+
+    def attach(self, live: LiveCollector) -> None:
+        self.registry.register(live)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsObserver(AttemptObserver):
+    """Feeds the attempt policy's events into the counters."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def attempt(self, upstream: str, outcome: str, latency: float | None) -> None:
+        self._metrics.attempts.labels(upstream, outcome).inc()
+        if latency is not None:
+            self._metrics.upstream_latency.labels(upstream).observe(latency)
+
+    def retry(self) -> None:
+        self._metrics.retries.inc()
+
+    def hedge(self) -> None:
+        self._metrics.hedges.inc()
+
+
+class LiveCollector(Collector):
+    """Reads live state at scrape time: breakers, latency estimates, budget, cache."""
+
+    def __init__(self, stats: StatsRegistry, budget: Callable[[], Any],
+                 cache: Callable[[], dict[str, float] | None], now: Callable[[], float],
+                 plugin_errors: Callable[[], Mapping[str, int]]) -> None:
+        self._stats = stats
+        self._budget = budget
+        self._cache = cache
+        self._now = now
+        self._plugin_errors = plugin_errors
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._now()
+        breaker = GaugeMetricFamily(
+            "goproxy_upstream_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+            labels=["upstream"])
+        ewma = GaugeMetricFamily(
+            "goproxy_upstream_latency_ewma_seconds", "Peak-EWMA time to headers.",
+            labels=["upstream"])
+        in_flight = GaugeMetricFamily(
+            "goproxy_upstream_in_flight", "Requests in flight to the upstream.", labels=["upstream"])
+        for stats in self._stats.all():
+            breaker.add_metric([stats.name], BREAKER_VALUES[stats.breaker.state(now)])
+            ewma.add_metric([stats.name], stats.latency.value)
+            in_flight.add_metric([stats.name], stats.in_flight)
+        yield from (breaker, ewma, in_flight)
+        errors = CounterMetricFamily("goproxy_plugin_errors",
+                                     "Scoring plugin calls that raised or returned nonsense "
+                                     "(since the last config load).", labels=["plugin"])
+        for plugin, count in self._plugin_errors().items():
+            errors.add_metric([plugin], count)
+        yield errors
+        budget = self._budget()
+        yield CounterMetricFamily("goproxy_retry_budget_spent",
+                                  "Retries and hedges the budget allowed.", value=budget.spent)
+        yield CounterMetricFamily("goproxy_retry_budget_refusals",
+                                  "Retries and hedges the budget refused.", value=budget.refused)
+        cache = self._cache()
+        if cache is not None:
+            yield GaugeMetricFamily("goproxy_cache_size_bytes", "Bytes in the disk cache.",
+                                    value=cache["size_bytes"])
+            if cache.get("max_size_bytes"):
+                yield GaugeMetricFamily("goproxy_cache_max_size_bytes", "The cache's size bound.",
+                                        value=cache["max_size_bytes"])
+            for name in ("hits", "misses", "stale", "evictions"):
+                yield CounterMetricFamily(f"goproxy_cache_{name}", f"Cache {name}.",
+                                          value=cache[name])
