@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from router import __version__
 from router.config import Config, ConfigError, load_config, parse_listen
-from router.logs import log_event, setup_logging
+from router.logs import setup_logging
 from router.routes import RouteTable
 from router.scoring import PluginError, load_plugins
-
-log = logging.getLogger("router.server")
 
 
 def _load(path: str) -> Config:
@@ -32,32 +25,10 @@ def _load(path: str) -> Config:
     return config
 
 
-async def serve(config: Config, host: str, port: int, shutdown_timeout: float) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
-    from router.app import build_app
-
-    app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    log_event(log, logging.INFO, "listening", host=host, port=port, version=__version__,
-              routes=[r.name for r in config.routes])
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        log_event(log, logging.INFO, "shutting down", grace_seconds=shutdown_timeout)
-    finally:
-        await runner.cleanup()
-    log_event(log, logging.INFO, "stopped")
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
+
+    from router.server import ServeOptions, run_workers, serve
 
     try:
         config = _load(args.config)
@@ -65,8 +36,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"goproxy-router: cannot start:\n{exc}", file=sys.stderr)
         return 1
-    uvloop.run(serve(config, host, port, args.shutdown_timeout))
-    return 0
+    if args.workers < 1:
+        print("goproxy-router: --workers must be at least 1", file=sys.stderr)
+        return 2
+    options = ServeOptions(host, port, args.shutdown_timeout, args.config, args.watch_interval,
+                           reuse_port=args.workers > 1)
+    if args.workers == 1:
+        uvloop.run(serve(config, options, _load))
+        return 0
+    return run_workers(args.workers, lambda: uvloop.run(serve(config, options, _load)))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -193,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--listen", help="HOST:PORT (overrides listen: in the config)")
     serve_cmd.add_argument("--shutdown-timeout", type=float, default=30.0,
                            help="seconds in-flight downloads may take after SIGTERM")
+    serve_cmd.add_argument("--workers", type=int, default=1,
+                           help="processes sharing the port (SO_REUSEPORT) and the disk cache")
+    serve_cmd.add_argument("--watch-interval", type=float, default=2.0,
+                           help="seconds between checks of the config file for changes "
+                                "(0: reload only on SIGHUP)")
     serve_cmd.set_defaults(run=_cmd_serve)
 
     validate_cmd = commands.add_parser("validate", help="check a routes.yaml and exit 0 or 1")

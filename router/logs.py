@@ -18,6 +18,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,
             "event": record.getMessage(),
         }
         fields = getattr(record, "fields", None)

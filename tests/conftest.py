@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +216,7 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
     started: list[RouterProcess] = []
 
     def start(config: Mapping[str, Any] | str, *, env: Mapping[str, str] | None = None,
-              startup_timeout: float = 15.0) -> RouterProcess:
+              startup_timeout: float = 15.0, extra_args: Sequence[str] = ()) -> RouterProcess:
         n = len(started)
         workdir = tmp_path / f"router{n}"
         workdir.mkdir()
@@ -235,7 +235,7 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
         with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "router.cli", "serve", "--config", str(config_path),
-                 "--listen", f"127.0.0.1:{port}"],
+                 "--listen", f"127.0.0.1:{port}", *extra_args],
                 cwd=workdir, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         router = RouterProcess(proc, port, config_path, stderr_path, stdout_path)
         started.append(router)

@@ -1,0 +1,188 @@
+"""Running the edge: one process or N workers, graceful stop, hot reload.
+
+- SIGTERM/SIGINT: stop accepting, let in-flight downloads finish (bounded), exit.
+- SIGHUP, or a change of routes.yaml on disk: load and validate the file, then
+  swap the new config in atomically; requests in flight finish on the old
+  one, live stats of unchanged upstreams carry over, and an invalid file is
+  rejected with a logged error while the old config keeps serving.
+- `--workers N`: N processes share the port (SO_REUSEPORT), each with its
+  own event loop, all sharing the disk cache (its writes are atomic renames,
+  its sweep spares files another worker is writing). The parent only
+  supervises: it forwards signals and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from router import __version__
+from router.config import Config, ConfigError
+from router.logs import log_event
+
+log = logging.getLogger("router.server")
+
+RESTART_BACKOFF = (1.0, 30.0)      # seconds between restarts of a crashing worker, growing
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str
+    port: int
+    shutdown_timeout: float = 30.0
+    config_path: str | None = None
+    watch_interval: float = 2.0    # seconds between looks at routes.yaml; 0: only SIGHUP
+    reuse_port: bool = False
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class Reloader:
+    """Loads routes.yaml again on demand and hands a valid config to the edge."""
+
+    def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object]):
+        self._path = path
+        self._load = load
+        self._apply = apply
+        self._lock = asyncio.Lock()
+        self._seen = _file_identity(path)
+
+    async def reload(self, reason: str) -> bool:
+        async with self._lock:
+            self._seen = _file_identity(self._path)
+            try:
+                config = self._load(self._path)
+                await self._apply(config)  # type: ignore[misc]
+            except ConfigError as exc:
+                log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
+                          reason=reason, path=self._path, errors=exc.errors)
+                return False
+            except Exception as exc:
+                log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
+                          reason=reason, path=self._path, error=f"{type(exc).__name__}: {exc}")
+                return False
+            log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
+            return True
+
+    async def watch(self, interval: float) -> None:
+        """Reload when the file's identity (inode, size, mtime) changes."""
+        while True:
+            await asyncio.sleep(interval)
+            if _file_identity(self._path) not in (self._seen, None):
+                await self.reload("file changed")
+
+
+async def serve(config: Config, options: ServeOptions,
+                load: Callable[[str], Config] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
+    from router.app import EDGE, build_app
+
+    app = build_app(config, config_path=options.config_path)
+    edge = app[EDGE]
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=options.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True,
+                       reuse_port=options.reuse_port or None)
+    await site.start()
+    log_event(log, logging.INFO, "listening", host=options.host, port=options.port,
+              version=__version__, pid=os.getpid(), routes=[r.name for r in config.routes])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: list[asyncio.Task[object]] = []
+    if options.config_path and load is not None:
+        reloader = Reloader(options.config_path, load, edge.reload)
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: tasks.append(asyncio.ensure_future(reloader.reload("SIGHUP"))))
+        if options.watch_interval > 0:
+            tasks.append(asyncio.ensure_future(reloader.watch(options.watch_interval)))
+    try:
+        await stop.wait()
+        log_event(log, logging.INFO, "shutting down", grace_seconds=options.shutdown_timeout)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runner.cleanup()
+    log_event(log, logging.INFO, "stopped", pid=os.getpid())
+
+
+def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
+    """Fork `workers` processes running `start_worker`; supervise until SIGTERM/SIGINT."""
+    children: dict[int, int] = {}           # pid -> worker slot
+    stopping = False
+    restarts = [0] * workers
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:                         # the worker
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 0
+            try:
+                start_worker()
+            except BaseException:            # a crash must not fall into the supervisor's loop
+                logging.getLogger("router.server").exception("worker crashed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for slot in range(workers):
+        spawn(slot)
+    log_event(log, logging.INFO, "workers started", workers=workers, pids=sorted(children))
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        if stopping:
+            status = status or (code if code > 0 else 0)
+            continue
+        restarts[slot] += 1
+        pause = min(RESTART_BACKOFF[0] * restarts[slot], RESTART_BACKOFF[1])
+        log_event(log, logging.ERROR, "worker exited; restarting", pid=pid, code=code,
+                  restart_in=pause)
+        time.sleep(pause)
+        if not stopping:
+            spawn(slot)
+    log_event(log, logging.INFO, "workers stopped")
+    return status
