@@ -195,6 +195,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                            if exc.status == 401 else None)
                 return text_response(exc.status, f"goproxy-router: {exc.reason}\n", headers)
     if isinstance(req, SumdbRequest):
+        request["kind"] = "sumdb"
         return await state.sumdb.handle(request, req, route, request["request_id"])
     assert route is not None
     request["version"] = req.version
@@ -323,8 +324,8 @@ def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> 
     attempts = plan.attempts if plan else []
     ok = [a for a in attempts if a.outcome.value == "ok"]
     cache = request.get("cache")
-    if request.get("kind") is not None or request.get("route") is not None:
-        edge.metrics.requests.labels(request.get("route") or "-", request.get("kind") or "sumdb",
+    if not _is_admin_path(request.path) and request.path not in ("/healthz", "/readyz"):
+        edge.metrics.requests.labels(request.get("route") or "-", request.get("kind") or "invalid",
                                      str(status), cache or "none").inc()
     log_event(log, logging.INFO, "request",
               request_id=request["request_id"], client=str(request.get("client_ip")),
@@ -332,7 +333,7 @@ def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> 
               route=request.get("route"), module=request.get("module"),
               version=request.get("version"), kind=request.get("kind"),
               upstream=ok[-1].upstream if ok else None,
-              attempts=sum(a.outcome.value != "ok" for a in attempts) + len(ok),
+              attempts=len(attempts),
               cache=cache, status=status, bytes=request.get("bytes"), elapsed=round(elapsed, 4))
 
 

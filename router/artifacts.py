@@ -13,8 +13,11 @@ error instead of a cut-off body.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,10 @@ from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataC
 from router.config import Cache
 from router.forward import ClientSink, Forwarder, ForwardPlan, failure_response, text_response
 from router.integrity import is_identity
+from router.logs import log_event
 from router.protocol import ModuleRequest
+
+log = logging.getLogger("router.cache")
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 CONTENT_TYPES = {"info": "application/json", "mod": "text/plain; charset=utf-8",
@@ -69,6 +75,7 @@ class ArtifactCache:
             stale_max_age=config.stale_max_age)
         self._fills: Coalescer[tuple[str, ...], Filled | MetaAnswer | Failure] = Coalescer()
         self.stale_served = 0
+        self.mismatches = 0
         self.meta_hits = 0
         self.meta_misses = 0
 
@@ -77,7 +84,8 @@ class ArtifactCache:
         disk = self.disk
         return {"size_bytes": disk.size, "max_size_bytes": self.config.max_size or 0,
                 "hits": disk.hits + self.meta_hits, "misses": disk.misses + self.meta_misses,
-                "stale": self.stale_served, "evictions": disk.evictions}
+                "stale": self.stale_served, "evictions": disk.evictions,
+                "mismatches": self.mismatches}
 
     async def close(self) -> None:
         await self._fills.close()
@@ -151,7 +159,24 @@ class ArtifactCache:
                                 f"artifact the cache rejected: {exc}\n")
         if entry is None:
             return Failure(502, failure_response(plan).text or "")
+        if ext in ("zip", "mod"):
+            await self._cross_check(module, version, fetched.target.name)
         return Filled(entry, fetched.target.name)
+
+    async def _cross_check(self, module: str, version: str, upstream: str) -> None:
+        """A zip's go.mod must equal the version's .mod; when both are cached and they
+        differ, some upstream served inconsistent artifacts: count it and say so."""
+        mod = self.disk.get(module, version, "mod")
+        archive = self.disk.get(module, version, "zip")
+        if mod is None or archive is None:
+            return
+        with self.disk.lease(archive):
+            inner = await asyncio.to_thread(_zip_go_mod, archive.path, f"{module}@{version}/go.mod")
+        expected = mod.data if mod.data is not None else await asyncio.to_thread(mod.path.read_bytes)
+        if inner is not None and inner != expected:
+            self.mismatches += 1
+            log_event(log, logging.ERROR, "checksum mismatch: the zip's go.mod differs from the .mod",
+                      module=module, version=version, upstream=upstream)
 
     def _failed(self, plan: ForwardPlan) -> Failure:
         response = failure_response(plan)
@@ -240,6 +265,15 @@ class ArtifactCache:
             response = web.Response(body=answer.body, headers=headers)
         response.etag = answer.etag
         return response
+
+
+def _zip_go_mod(path: Path, member: str) -> bytes | None:
+    """The go.mod inside a module zip, or None (a module without one, or an unreadable zip)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read(member)
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return None
 
 
 def _not_modified(request: web.Request, etag: str, mtime: float | None) -> bool:

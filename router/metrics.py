@@ -43,10 +43,6 @@ class Metrics:
         self.retries = Counter("goproxy_retries", "Attempts made after a failed one.", registry=r)
         self.hedges = Counter("goproxy_hedges", "Hedged requests sent to a second upstream.",
                               registry=r)
-        self.checksum_mismatches = Counter(
-            "goproxy_checksum_mismatches",
-            "Artifacts whose bytes disagreed with what the cache or checksum database expected.",
-            registry=r)
         self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
                                ["result"], registry=r)
 
@@ -123,6 +119,10 @@ class LiveCollector(Collector):
             if cache.get("max_size_bytes"):
                 yield GaugeMetricFamily("goproxy_cache_max_size_bytes", "The cache's size bound.",
                                         value=cache["max_size_bytes"])
+            yield CounterMetricFamily(
+                "goproxy_checksum_mismatches",
+                "Module versions whose zip go.mod differed from their .mod.",
+                value=cache.get("mismatches", 0))
             for name in ("hits", "misses", "stale", "evictions"):
                 yield CounterMetricFamily(f"goproxy_cache_{name}", f"Cache {name}.",
                                           value=cache[name])
