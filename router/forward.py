@@ -226,6 +226,12 @@ class Forwarder:
                       _Running], winner: str | None) -> None:
         """Stop attempts still running: a hedge that lost, or the deadline."""
         for task, run in running.items():
+            if task.done() and not task.cancelled() and isinstance(task.result(), Fetched):
+                loser = task.result()                 # finished in the same instant: let go
+                assert isinstance(loser, Fetched)
+                loser.response.close()
+                if loser.body is None:
+                    loser.stats.end()
             task.cancel()
             elapsed = time.monotonic() - run.started
             if winner is not None:
