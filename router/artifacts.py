@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataCache, NegativeAnswer
 from router.config import Cache
@@ -118,8 +119,8 @@ class ArtifactCache:
         if request.method == "HEAD":                 # no body to keep: just ask upstream
             return await forwarder.forward(request, plan)
         sink = ClientSink(request) if ext == "zip" else None
-        result = await self._fills.run(
-            ("artifact", plan.path),
+        result = await self._fills.run(     # per route: its upstreams' answer, 404s included
+            ("artifact", plan.route, plan.path),
             lambda: self._fill(plan, forwarder, module, version, ext, sink))
         if sink is not None and sink.started:        # this request led the fill and streamed it
             assert sink.response is not None
@@ -203,12 +204,12 @@ class ArtifactCache:
             response.last_modified = entry.mtime
             return response
         with self.disk.lease(entry):
-            response = web.FileResponse(entry.path, headers=headers)
-            try:
-                await response.prepare(request)
-            except FileNotFoundError:
+            # FileResponse answers a missing file with a 404 of its own: look first.
+            if not entry.path.is_file():
                 self.disk.discard(entry)
                 return None
+            response = _PreparedFileResponse(entry.path, headers=headers)
+            await response.prepare(request)   # the whole send, under the lease
             return response
 
     # -- metadata --------------------------------------------------------------------
@@ -289,3 +290,18 @@ def _negative_response(negative: NegativeAnswer) -> web.Response:
     return web.Response(status=negative.status, body=negative.body,
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Goproxy-Cache": "hit"})
+
+
+class _PreparedFileResponse(web.FileResponse):
+    """A FileResponse the handler prepares (sends) itself, so that a lease can cover it.
+
+    aiohttp prepares every response a handler returns once more, and
+    FileResponse.prepare is not idempotent (it would send the file again and
+    fail on the finished writer, breaking the keep-alive connection): here a
+    second call does nothing.
+    """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return None
+        return await super().prepare(request)
