@@ -163,6 +163,15 @@ class Upstream(_Strict):
             raise ValueError("list at least one country, or '*' for near everyone")
         return tuple(codes)
 
+    @model_validator(mode="after")
+    def _one_credential(self) -> Upstream:
+        from yarl import URL
+
+        url = URL(self.url)
+        if (url.user or url.password) and any(h.lower() == "authorization" for h in self.headers):
+            raise ValueError("credentials in the url and an Authorization header: keep one")
+        return self
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:

@@ -124,6 +124,7 @@ class Fetched:
     stats: UpstreamStats
     response: UpstreamResponse
     body: bytes | None             # the validated body of a small answer; None: stream it
+    headers_at: float = 0.0        # seconds from sending to the response headers
 
 
 class AttemptObserver:
@@ -338,11 +339,10 @@ class Forwarder:
             if response.status != 200:
                 return await self._refused(plan, target, stats, response, started)
             headers_at = time.monotonic() - started
-            self.observer.attempt(target.name, Outcome.OK.value, headers_at)
             if not plan.reads_whole_body:
                 stats.record_success(headers_at)
-                streaming = True
-                return Fetched(target, stats, response, None)
+                streaming = True            # its outcome is counted once the body is through
+                return Fetched(target, stats, response, None, headers_at)
             try:
                 body = await response.read_all(SMALL_BODY_LIMIT)
             except (AttemptError, AttemptTimeout) as exc:
@@ -353,7 +353,8 @@ class Forwarder:
                 return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
                                     f"invalid {_kind_label(plan.kind)}: {problem}")
             stats.record_success(headers_at)
-            return Fetched(target, stats, response, decode_body(body, encoding))
+            self.observer.attempt(target.name, Outcome.OK.value, headers_at)
+            return Fetched(target, stats, response, decode_body(body, encoding), headers_at)
         except asyncio.CancelledError:
             stats.record_slow(time.monotonic() - started)   # at least this slow: never faster
             raise
@@ -366,7 +367,8 @@ class Forwarder:
     async def _refused(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
                        response: UpstreamResponse, started: float) -> Attempt:
         """A status other than 200: "not here" for 404/410, a failure otherwise."""
-        excerpt = "" if plan.method == "HEAD" else await response.read_text(ERROR_EXCERPT)
+        excerpt = "" if plan.method == "HEAD" else target.redact(
+            await response.read_text(ERROR_EXCERPT))
         status_line = f"{response.status} {response.reason}".strip()
         suffix = f": {excerpt}" if excerpt else ""
         if response.status in (404, 410):
@@ -451,6 +453,7 @@ class Forwarder:
                 if client is not None:
                     await client.finish(b"")
                 plan.attempts.append(Attempt(target.name, Outcome.OK, 0.0, 200, "ok"))
+                self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
                 return None
             # A zip the upstream compressed anyway (despite identity) cannot be checked.
             checkable = is_identity(upstream.headers.get("Content-Encoding"))
@@ -491,6 +494,7 @@ class Forwarder:
             if client is not None:
                 await client.finish(held)
             plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
+            self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
             return entry
         finally:
             fetched.stats.end()

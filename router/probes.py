@@ -75,7 +75,10 @@ class Prober:
             elif state is BreakerState.OPEN:
                 due = min(due, now + breaker.remaining(now))
             if now >= due:
-                await self.probe_once(probe, stats)
+                try:
+                    await self.probe_once(probe, stats)
+                except Exception as exc:       # a probe loop must outlive any surprise
+                    self._failed(probe, stats, now, f"{type(exc).__name__}: {exc}")
                 due = time.monotonic() + self._settings.interval * self._rng.uniform(0.8, 1.2)
                 continue
             # Wake up often enough to notice an ejection made by real traffic meanwhile.

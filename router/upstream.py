@@ -8,6 +8,7 @@ response headers, and the idle gap between body chunks.
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -47,8 +48,24 @@ class UpstreamTarget:
 
     @classmethod
     def from_config(cls, name: str, upstream: Upstream) -> UpstreamTarget:
+        """Credentials in the URL (user:password@) become a Basic Authorization header:
+        the base URL itself, which appears in logs and pages, then carries none."""
         secrets = {k: v.get_secret_value() for k, v in upstream.headers.items()}
-        return cls(name=name, base_url=upstream.url, headers=secrets)
+        url = URL(upstream.url)
+        if url.user is not None or url.password is not None:
+            token = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+            secrets.setdefault("Authorization", f"Basic {token}")
+            url = url.with_user(None)
+        return cls(name=name, base_url=str(url).rstrip("/"), headers=secrets)
+
+    def redact(self, text: str) -> str:
+        """`text` (e.g. an upstream's error body) with this upstream's secrets masked,
+        should it echo our request headers back."""
+        for value in self.headers.values():
+            for secret in {value, value.partition(" ")[2]}:
+                if len(secret) >= 4:
+                    text = text.replace(secret, "***")
+        return text
 
     def url_for(self, path: str) -> URL:
         """Join the base URL (which may carry a path prefix) and an escaped path."""
@@ -197,7 +214,7 @@ class UpstreamClient:
             raise AttemptTimeout("waiting for headers", timeouts.headers) from None
         except aiohttp.ClientConnectorError as exc:
             raise AttemptError(f"connect failed: {_describe(exc.os_error)}") from None
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        except (aiohttp.ClientError, ConnectionError, OSError, ValueError) as exc:
             raise AttemptError(_describe(exc)) from None
 
 

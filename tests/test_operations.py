@@ -356,9 +356,6 @@ async def test_cache_size_and_evictions_follow_the_bound(edge: MakeEdge, fake_pr
     assert_labels_bounded(m)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router/forward.py _attempt: 'ok' is counted when the 200's headers arrive, before the "
-    "body is validated; the invalid/broken outcome is then counted too"))
 async def test_an_attempt_is_counted_under_one_outcome(edge: MakeEdge, fake_proxy: MakeFake) -> None:
     """An upstream's 200 whose .info is not valid JSON is one failed attempt, not also an "ok" one."""
     a = await fake_proxy(TREE, name="a", faults=Faults(corrupt=b"not json"))
@@ -601,9 +598,6 @@ def test_no_secret_in_logs_metrics_explain_or_status(
     assert json.loads(views["/_router/status.json"])["routes"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router/forward.py _refused: the upstream's error body excerpt goes unredacted into the "
-    "attempt log line's error field and the client's error body"))
 def test_an_upstream_echoing_its_credentials_leaks_nothing(
         router_process: Callable[..., RouterProcess],
         threaded_fake_proxy: Callable[..., ThreadedFakeProxy], echo_upstream: str) -> None:
@@ -628,9 +622,6 @@ def test_an_upstream_echoing_its_credentials_leaks_nothing(
                                           if s.upstream in line][:3])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router/upstream.py open: aiohttp's ValueError (URL credentials plus an Authorization "
-    "header) is not caught: 500 instead of failover; config.py accepts the combination"))
 async def test_url_credentials_and_an_authorization_header_do_not_crash_a_request(
         edge: MakeEdge, fake_proxy: MakeFake) -> None:
     """An upstream with both user:password@ in its URL and an Authorization header is either
@@ -766,11 +757,7 @@ async def test_readyz_names_a_cache_directory_that_is_gone(edge: MakeEdge, fake_
     assert (await get(client, "/readyz")).status == 200
 
 
-@pytest.mark.parametrize("mode", [0o644, pytest.param(0o755, marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="router/app.py readiness_problems: os.access(W_OK | X_OK) holds for root on any "
-           "directory and on an executable file; nothing checks a directory is there"))],
-    ids=["file-0644", "file-0755"])
+@pytest.mark.parametrize("mode", [0o644, 0o755], ids=["file-0644", "file-0755"])
 async def test_readyz_names_a_cache_path_that_is_not_a_directory(
         edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path, mode: int) -> None:
     """Replaced by a file (root ignores permission bits, so this is how a test makes
