@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,17 +76,16 @@ class ArtifactCache:
             ttl=config.metadata_ttl, negative_ttl=config.negative_ttl,
             stale_max_age=config.stale_max_age)
         self._fills: Coalescer[tuple[str, ...], Filled | MetaAnswer | Failure] = Coalescer()
-        self.stale_served = 0
         self.mismatches = 0
-        self.meta_hits = 0
-        self.meta_misses = 0
+        # What clients were told (X-Goproxy-Cache), not internal look-ups.
+        self.answers: Counter[str] = Counter()
 
     def info(self) -> dict[str, float]:
         """Numbers for metrics and the status page."""
         disk = self.disk
         return {"size_bytes": disk.size, "max_size_bytes": self.config.max_size or 0,
-                "hits": disk.hits + self.meta_hits, "misses": disk.misses + self.meta_misses,
-                "stale": self.stale_served, "evictions": disk.evictions,
+                "hits": self.answers["hit"], "misses": self.answers["miss"],
+                "stale": self.answers["stale"], "evictions": disk.evictions,
                 "mismatches": self.mismatches}
 
     async def close(self) -> None:
@@ -106,15 +106,15 @@ class ArtifactCache:
         module, version, ext = req.module, req.version or "", req.kind.value
         entry = self.disk.get(module, version, ext)
         if entry is not None:
-            request["cache"] = "hit"
             response = await self._send_entry(request, entry, "hit", None)
-            if response is not None:
+            if response is not None:               # else it vanished meanwhile: fetch again
+                _answered(self, request, "hit")
                 return response
         negative = self.meta.get_negative((plan.route, plan.path))
         if negative is not None:
-            request["cache"] = "hit"
+            _answered(self, request, "hit")
             return _negative_response(negative)
-        request["cache"] = "miss"
+        _answered(self, request, "miss")
         plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
         if request.method == "HEAD":                 # no body to keep: just ask upstream
             return await forwarder.forward(request, plan)
@@ -167,14 +167,15 @@ class ArtifactCache:
     async def _cross_check(self, module: str, version: str, upstream: str) -> None:
         """A zip's go.mod must equal the version's .mod; when both are cached and they
         differ, some upstream served inconsistent artifacts: count it and say so."""
-        mod = self.disk.get(module, version, "mod")
-        archive = self.disk.get(module, version, "zip")
-        if mod is None or archive is None:
+        mod_path = self.disk.path_for(module, version, "mod")
+        zip_path = self.disk.path_for(module, version, "zip")
+        # Read the files directly: a check is not a client's hit, nor a reason to keep them.
+        found = await asyncio.to_thread(_consistency_inputs, mod_path, zip_path,
+                                        f"{module}@{version}/go.mod")
+        if found is None:
             return
-        with self.disk.lease(archive):
-            inner = await asyncio.to_thread(_zip_go_mod, archive.path, f"{module}@{version}/go.mod")
-        expected = mod.data if mod.data is not None else await asyncio.to_thread(mod.path.read_bytes)
-        if inner is not None and inner != expected:
+        expected, inner = found
+        if inner != expected:
             self.mismatches += 1
             log_event(log, logging.ERROR, "checksum mismatch: the zip's go.mod differs from the .mod",
                       module=module, version=version, upstream=upstream)
@@ -219,27 +220,23 @@ class ArtifactCache:
         key = (plan.route, plan.path)
         fresh = self.meta.get_fresh(key)
         if fresh is not None:
-            self.meta_hits += 1
-            request["cache"] = "hit"
+            _answered(self, request, "hit")
             return self._meta_response(request, fresh, "hit")
         negative = self.meta.get_negative(key)
         if negative is not None:
-            self.meta_hits += 1
-            request["cache"] = "hit"
+            _answered(self, request, "hit")
             return _negative_response(negative)
-        self.meta_misses += 1
         plan.method = "GET"                     # HEAD is answered from a whole GET
         result = await self._fills.run(("meta", *key), lambda: self._fetch_meta(plan, forwarder))
         if isinstance(result, MetaAnswer):
-            request["cache"] = "miss"
+            _answered(self, request, "miss")
             return self._meta_response(request, result, "miss")
         assert isinstance(result, Failure)
         stale = self.meta.get_stale(key) if result.status != 404 else None
         if stale is not None:
-            self.stale_served += 1
-            request["cache"] = "stale"
+            _answered(self, request, "stale")
             return self._meta_response(request, stale[0], "stale")
-        request["cache"] = "miss"
+        _answered(self, request, "miss")
         return text_response(result.status, result.text)
 
     async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | Failure:
@@ -268,13 +265,20 @@ class ArtifactCache:
         return response
 
 
-def _zip_go_mod(path: Path, member: str) -> bytes | None:
-    """The go.mod inside a module zip, or None (a module without one, or an unreadable zip)."""
+def _consistency_inputs(mod_path: Path, zip_path: Path, member: str) -> tuple[bytes, bytes] | None:
+    """(.mod bytes, the zip's go.mod) when both are cached and the zip has a go.mod."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.read(member)
+        expected = mod_path.read_bytes()
+        with zipfile.ZipFile(zip_path) as archive:
+            return expected, archive.read(member)
     except (KeyError, OSError, zipfile.BadZipFile):
         return None
+
+
+def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:
+    """Note what the client is told (X-Goproxy-Cache) for the log line and the counters."""
+    request["cache"] = state
+    cache.answers[state] += 1
 
 
 def _not_modified(request: web.Request, etag: str, mtime: float | None) -> bool:

@@ -289,9 +289,6 @@ async def test_metrics_count_the_traffic_that_was_sent(edge: MakeEdge, fake_prox
     assert_labels_bounded(m)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "router/artifacts.py: _cross_check counts its own disk.get look-ups as cache hits/misses; "
-    "a remembered 404 of an immutable path counts as a disk miss, not a hit"))
 async def test_cache_hit_and_miss_counters_match_what_clients_saw(
         edge: MakeEdge, fake_proxy: MakeFake) -> None:
     """goproxy_cache_hits/misses count requests answered from / not found in the cache,
