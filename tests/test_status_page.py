@@ -53,7 +53,7 @@ upstreams:
   corp:
     url: "https://deploy:{SECRET_PASSWORD}@internal-proxy.corp.example:7001/base"
     countries: ["*"]
-    headers: {{Authorization: "Bearer {SECRET_TOKEN}", X-Api-Key: "k3y-{SECRET_PASSWORD}"}}
+    headers: {{X-Auth-Token: "Bearer {SECRET_TOKEN}", X-Api-Key: "k3y-{SECRET_PASSWORD}"}}
 routes:
   - name: corp
     match: ["git.corp.example", "github.com/corp/private-*"]
