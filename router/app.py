@@ -81,12 +81,10 @@ class EdgeState:
             ProbeTarget(UpstreamTarget.from_config(name, up), up.probe_path)
             for name, up in config.upstreams.items()), config.probes)
 
-    def context(self, request: web.Request, route: str, module: str | None,
-                kind: str) -> RequestContext:
+    def context(self, route: str, module: str | None, kind: str,
+                client_ip: IPAddress | None) -> RequestContext:
         """The ranking context of a request: who and where the client is, what it wants."""
-        client_ip = request["client_ip"]
         location = self.geo.lookup(client_ip)
-        request["country"] = location.country
         return RequestContext(route=route, module=module, kind=kind, client_ip=client_ip,
                               country=location.country, continent=location.continent,
                               now=time.monotonic())
@@ -104,20 +102,15 @@ class EdgeState:
         route = self.routes.match(module)
         if route is None:
             raise LookupError(f"no route in routes.yaml matches module {module}")
-        location = self.geo.lookup(client_ip)
-        ctx = RequestContext(route=route.name, module=module, kind="info", client_ip=client_ip,
-                             country=location.country, continent=location.continent,
-                             now=time.monotonic())
+        ctx = self.context(route.name, module, "info", client_ip)
         return explain(ctx, self.rank(ctx))
 
 
 class Edge:
     """The process-long parts, and the current EdgeState (swapped on reload)."""
 
-    def __init__(self, config: Config, env: Mapping[str, str] | None = None,
-                 config_path: str | None = None) -> None:
+    def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.env = env
-        self.config_path = config_path
         self.client = UpstreamClient()
         self.registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
         retry = config.retry
@@ -200,7 +193,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     assert route is not None
     request["version"] = req.version
     request["kind"] = req.kind.value
-    ranking = state.rank(state.context(request, route.name, req.module, req.kind.value))
+    ctx = state.context(route.name, req.module, req.kind.value, request["client_ip"])
+    request["country"] = ctx.country
+    ranking = state.rank(ctx)
     plan = ForwardPlan(
         request_id=request["request_id"],
         route=route.name,
@@ -347,11 +342,10 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     response.headers["Server"] = SERVER
 
 
-def build_app(config: Config, env: Mapping[str, str] | None = None,
-              config_path: str | None = None) -> web.Application:
+def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
     """The application for one config; the process-long parts live in its Edge."""
     app = web.Application(middlewares=[edge_middleware], handler_args={"max_field_size": 16384})
-    edge = app[EDGE] = Edge(config, env, config_path)
+    edge = app[EDGE] = Edge(config, env)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

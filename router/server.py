@@ -92,7 +92,7 @@ async def serve(config: Config, options: ServeOptions,
     """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
     from router.app import EDGE, build_app
 
-    app = build_app(config, config_path=options.config_path)
+    app = build_app(config)
     edge = app[EDGE]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=options.shutdown_timeout)
