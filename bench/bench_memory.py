@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import hashlib
+import json
 import shutil
 import sys
 import tempfile
@@ -121,6 +123,7 @@ class Scenario:
     seconds: float
     bytes_total: int
     samples: list[tuple[float, int]]
+    fills: int = 0                  # zip requests the router sent upstream (from its access log)
 
     @property
     def growth_mib(self) -> float:
@@ -158,6 +161,19 @@ async def burst(base: str, versions: list[str], expected: dict[str, Expected],
     return list(results), time.perf_counter() - started
 
 
+def upstream_fills(log: Path) -> int:
+    """Zip requests in the router's access log that made upstream attempts (the fills)."""
+    fills = collections.Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("event") == "request" and str(entry.get("path", "")).endswith(".zip"):
+            fills[bool(entry.get("attempts"))] += 1
+    return fills[True]
+
+
 def run_scenario(name: str, versions: list[str], expected: dict[str, Expected], upstream: str,
                  work: Path, limit: float) -> Scenario:
     import uvloop
@@ -176,12 +192,13 @@ def run_scenario(name: str, versions: list[str], expected: dict[str, Expected], 
             time.sleep(1.0)
             samples = sampler.stop()
             after = rss_kib(router.pid)
+        fills = upstream_fills(router.log_path)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     failures = [f"{v}: {r}" for v, r in zip(versions, results, strict=True) if r is not None]
     return Scenario(name, len(versions), len(versions) - len(failures), failures, baseline,
                     max(kib for _, kib in samples), after, seconds,
-                    sum(expected[v].size for v in versions), samples)
+                    sum(expected[v].size for v in versions), samples, fills)
 
 
 def timeline(samples: list[tuple[float, int]], points: int = 12) -> str:
@@ -247,7 +264,8 @@ def main() -> None:
                     print(f"round {rnd + 1} {name:13} baseline {s.baseline_kib / 1024:6.1f} MiB  "
                           f"peak {s.peak_kib / 1024:6.1f} MiB  growth {s.growth_mib:6.1f} MiB  "
                           f"{s.verified}/{s.downloads} verified  {s.seconds:5.1f}s  "
-                          f"{s.bytes_total / s.seconds / 1e6:5.0f} MB/s to clients", flush=True)
+                          f"{s.bytes_total / s.seconds / 1e6:5.0f} MB/s to clients  "
+                          f"{s.fills} upstream fill(s)", flush=True)
                     print(f"    RSS MiB over time: {timeline(s.samples)}", flush=True)
                     for failure in s.failures[:5]:
                         print(f"    FAILED {failure}")

@@ -235,12 +235,14 @@ class RouterProcess:
     """`python -m router.cli serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
 
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
-    `cpu`: pin the router with taskset (e.g. "0").
+    `cpu`: pin the router with taskset (e.g. "0"). `log_level`: the CLI's global
+    --log-level ("warning" drops the per-request access log line).
     """
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, stderr: str = "devnull",
-                 cpu: str | None = None) -> None:
+                 cpu: str | None = None, log_level: str | None = None) -> None:
         self.workdir = workdir
+        self.log_level = log_level
         self.port = free_port()
         self.config_path = write_yaml(workdir / "routes.yaml", config)
         self.stderr_mode = stderr
@@ -259,7 +261,8 @@ class RouterProcess:
         return self.proc.pid
 
     def start(self) -> RouterProcess:
-        cmd = [PYTHON, "-m", "router.cli", "serve", "--config", str(self.config_path),
+        level = ["--log-level", self.log_level] if self.log_level else []
+        cmd = [PYTHON, "-m", "router.cli", *level, "serve", "--config", str(self.config_path),
                "--listen", f"127.0.0.1:{self.port}", "--shutdown-timeout", "2"]
         if self.cpu is not None:
             cmd = ["taskset", "-c", self.cpu, *cmd]
