@@ -303,19 +303,27 @@ def _failed_attempts(caplog: pytest.LogCaptureFixture, request_id: str) -> list[
             and r.fields.get("request_id") == request_id and r.fields.get("outcome") != "ok"]
 
 
-@pytest.mark.parametrize("fault, kind", MATRIX)
-async def test_fault_with_a_healthy_second_upstream(
-        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        fault: Fault, kind: str) -> None:
+async def _run_fault(edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path,
+                     caplog: pytest.LogCaptureFixture, fault: Fault, kind: str,
+                     *, both: bool) -> tuple[TestClient, Got, list[FakeProxy]]:
+    """Start the faulty upstream(s) and a router over them, and make one request."""
     caplog.set_level(logging.INFO, logger="router.forward")
     ports: list[RefusedPort] = []
     try:
-        named, fakes = await _upstreams(fault, kind, fake_proxy, ports, both=False)
+        named, fakes = await _upstreams(fault, kind, fake_proxy, ports, both=both)
         client = await edge(config(named, tmp_path))
         got = await fetch(client, PATHS[kind])
     finally:
         for port in ports:
             port.close()
+    return client, got, fakes
+
+
+@pytest.mark.parametrize("fault, kind", MATRIX)
+async def test_fault_with_a_healthy_second_upstream(
+        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        fault: Fault, kind: str) -> None:
+    client, got, fakes = await _run_fault(edge, fake_proxy, tmp_path, caplog, fault, kind, both=False)
     by_name = {f.name: f for f in fakes}
     b = by_name["b"]
 
@@ -359,15 +367,7 @@ async def test_fault_with_a_healthy_second_upstream(
 async def test_fault_on_every_upstream(
         edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path, caplog: pytest.LogCaptureFixture,
         fault: Fault, kind: str) -> None:
-    caplog.set_level(logging.INFO, logger="router.forward")
-    ports: list[RefusedPort] = []
-    try:
-        named, fakes = await _upstreams(fault, kind, fake_proxy, ports, both=True)
-        client = await edge(config(named, tmp_path))
-        got = await fetch(client, PATHS[kind])
-    finally:
-        for port in ports:
-            port.close()
+    client, got, fakes = await _run_fault(edge, fake_proxy, tmp_path, caplog, fault, kind, both=True)
     sent = sum(len(f.requests) for f in fakes)
 
     if fault.outage_status is None:
