@@ -12,9 +12,9 @@ in-flight requests finish on the state they started with.
 
 from __future__ import annotations
 
+import json
 import logging
-import re
-import secrets
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -24,12 +24,14 @@ from aiohttp import web
 
 from router import __version__
 from router.admin import AdminPolicy
-from router.artifacts import ArtifactCache
+from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache
 from router.budget import RetryBudget
 from router.config import Config
 from router.forward import AttemptObserver, Forwarder, ForwardPlan, text_response
-from router.geo import GeoDatabase, IPAddress, client_address, is_trusted, parse_ip
-from router.logs import log_event
+from router.geo import GeoDatabase, IPAddress, parse_ip
+from router.hits import HitTable, KeptHit, access_line, hit_response, is_plain_get
+from router.identity import Peer, PeerBook, RequestIds
+from router.logs import Clock, LineSink, direct_sink, log_event
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from router.metrics import LiveCollector, Metrics, MetricsObserver
 from router.probes import Prober, ProbeTarget
@@ -46,7 +48,6 @@ errors_log = logging.getLogger("router.app")
 
 ALLOWED_METHODS = ("GET", "HEAD")
 SERVER = f"goproxy-router/{__version__}"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,7 +77,7 @@ class EdgeState:
         self.forwarder = Forwarder(client, registry, budget or RetryBudget(
             retry.budget_ratio, retry.budget_floor, retry.budget_window), observer=observer)
         self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
-        self.trusted_proxies = config.geoip.trusted_proxies
+        self.peers = PeerBook(config.geoip.trusted_proxies)
         self.prober = Prober(client, registry, (
             ProbeTarget(UpstreamTarget.from_config(name, up), up.probe_path)
             for name, up in config.upstreams.items()), config.probes)
@@ -121,6 +122,54 @@ class Edge:
         self.metrics.attach(LiveCollector(self.registry, lambda: self.budget, self.cache.info,
                                           time.monotonic, lambda: self.state.engine.errors))
         self.admin = AdminPolicy.from_config(config, env)
+        self.hits = HitTable(config.cache.memory)
+        self.request_ids = RequestIds()
+        self._clock = Clock()
+        self._pid = os.getpid()
+        self._sink: LineSink | None = None
+        self._sink_checked = -1.0
+
+    def _access_sink(self, now: float) -> LineSink | None:
+        """Where the thin path may write its access-log line itself; looked up once a second."""
+        if now - self._sink_checked > 1.0:
+            self._sink = direct_sink(log, logging.INFO)
+            self._sink_checked = now
+        return self._sink
+
+    def keep_hit(self, request: web.Request, route: CompiledRoute, req: ModuleRequest) -> None:
+        """Remember a plain GET's answer from the memory tier for the thin path (public routes)."""
+        entry = request.get("memory_entry")
+        if (entry is None or route.access is not None or request.get("cache") != "hit"
+                or not is_plain_get(request) or request["state"] is not self.state):
+            return
+        kind = req.kind.value
+        self.hits.keep(request.raw_path, entry, content_type=CONTENT_TYPES[kind],
+                       cache_control=IMMUTABLE, server=SERVER, route=route.name,
+                       module=req.module, version=req.version or "", kind=kind)
+
+    def answer_hit(self, request: web.BaseRequest, hit: KeptHit, started: float) -> web.Response:
+        """The thin path: a kept answer, its request id, counters and access-log line."""
+        peer = _peer(request, self.state.peers)
+        headers = request.headers
+        request_id = (self.request_ids.choose(headers.get("X-Request-Id"), True) if peer.trusted
+                      else self.request_ids.new())
+        response = hit_response(hit, request_id)
+        self.metrics.pending_requests[hit.labels] += 1
+        self.cache.answers["hit"] += 1
+        sink = self._access_sink(started)
+        if sink is None and not log.isEnabledFor(logging.INFO):
+            return response
+        forwarded_for = headers.get("X-Forwarded-For") if peer.trusted else None
+        client = (json.dumps(str(self.state.peers.client(peer, forwarded_for))) if forwarded_for
+                  else peer.json)
+        elapsed = time.monotonic() - started
+        if sink is not None:
+            sink.write(access_line(self._clock.now(), self._pid, request_id, client, hit, elapsed))
+        else:                        # someone else listens too (e.g. a test's log capture)
+            log_event(log, logging.INFO, "request", request_id=request_id,
+                      client=json.loads(client), **json.loads("{" + hit.log_fields + "}"),
+                      elapsed=round(elapsed, 4))
+        return response
 
     def _state(self, config: Config) -> EdgeState:
         return EdgeState(config, self.client, self.registry, self.env, self.budget,
@@ -135,6 +184,7 @@ class Edge:
             self.metrics.reloads.labels("error").inc()
             raise
         old, self.state, self.admin = self.state, new, admin
+        self.hits.clear()              # the new routes may send the same paths elsewhere
         for ignored in ("cache", "listen"):
             if getattr(old.config, ignored) != getattr(config, ignored):
                 log_event(errors_log, logging.WARNING, "config change needs a restart",
@@ -211,7 +261,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         hedge=route.hedge,
     )
     request["plan"] = plan
-    return await edge.cache.serve(request, req, plan, state.forwarder)
+    response = await edge.cache.serve(request, req, plan, state.forwarder)
+    if response.status == 200:
+        edge.keep_hit(request, route, req)
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -271,15 +324,12 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Request id, client address, the access log line, and no tracebacks to clients."""
     started = time.monotonic()
     edge = request.app[EDGE]
-    state = request["state"] = edge.state       # this request's config, even across a reload
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    peer_host = peer[0] if isinstance(peer, tuple) else None
-    request["client_ip"] = client_address(peer_host, request.headers.get("X-Forwarded-For"),
-                                          state.trusted_proxies)
-    offered = request.headers.get("X-Request-Id", "")
-    from_trusted_proxy = is_trusted(parse_ip(peer_host), state.trusted_proxies)
-    request["request_id"] = (offered if from_trusted_proxy and _REQUEST_ID.match(offered)
-                             else secrets.token_hex(8))
+    state = edge.state
+    peer = _peer(request, state.peers)
+    request["state"] = state                    # this request's config, even across a reload
+    request["client_ip"] = state.peers.client(peer, request.headers.get("X-Forwarded-For"))
+    request["request_id"] = edge.request_ids.choose(request.headers.get("X-Request-Id"),
+                                                    peer.trusted)
     status = 500
     try:
         if _is_admin_path(request.path):
@@ -302,6 +352,33 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         _finished(edge, request, status, time.monotonic() - started)
+
+
+def _peer(request: web.BaseRequest, peers: PeerBook) -> Peer:
+    transport = request.transport
+    name = transport.get_extra_info("peername") if transport is not None else None
+    return peers.peer(name[0] if isinstance(name, tuple) else None)
+
+
+def install_thin_path(app: web.Application, server: web.Server) -> None:
+    """Answer kept hits (router/hits.py) before aiohttp's routing, middleware and signals.
+
+    Call after the runner's setup, before the site starts: `server` is the
+    runner's low-level server, whose request handler is the application's.
+    Anything that is not a kept hit goes on to that handler unchanged.
+    """
+    edge = app[EDGE]
+    full = server.request_handler
+    hits = edge.hits
+
+    async def thin_path(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET":
+            hit = hits.get(request.raw_path)
+            if hit is not None and is_plain_get(request):
+                return edge.answer_hit(request, hit, time.monotonic())
+        return await full(request)
+
+    server.request_handler = thin_path
 
 
 def _body_size(response: web.StreamResponse) -> int | None:

@@ -201,6 +201,7 @@ class ArtifactCache:
                 response = web.Response(status=304, headers=headers)
             else:
                 response = web.Response(body=entry.data, headers=headers)
+                request["memory_entry"] = entry      # the app may keep it for the thin path
             response.etag = entry.etag
             response.last_modified = entry.mtime
             return response

@@ -9,6 +9,7 @@ collector rather than pushed on every change.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -45,11 +46,17 @@ class Metrics:
                               registry=r)
         self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
                                ["result"], registry=r)
+        # Requests answered on the thin path (router/hits.py), by their goproxy_requests
+        # labels: a plain dict increment per hit, folded into the counter at scrape time.
+        self.pending_requests: Tally[tuple[str, str, str, str]] = Tally()
 
     def attach(self, live: LiveCollector) -> None:
         self.registry.register(live)
 
     def render(self) -> bytes:
+        pending, self.pending_requests = self.pending_requests, Tally()
+        for labels, count in pending.items():
+            self.requests.labels(*labels).inc(count)
         return generate_latest(self.registry)
 
 

@@ -90,13 +90,15 @@ class Reloader:
 async def serve(config: Config, options: ServeOptions,
                 load: Callable[[str], Config] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
-    from router.app import EDGE, build_app
+    from router.app import EDGE, build_app, install_thin_path
 
     app = build_app(config)
     edge = app[EDGE]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=options.shutdown_timeout)
     await runner.setup()
+    assert runner.server is not None
+    install_thin_path(app, runner.server)
     site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True,
                        reuse_port=options.reuse_port or None)
     await site.start()

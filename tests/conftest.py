@@ -264,7 +264,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """
     from aiohttp.test_utils import TestClient, TestServer
 
-    from router.app import build_app
+    from router.app import build_app, install_thin_path
     from router.config import parse_config
 
     clients: list[TestClient] = []
@@ -274,8 +274,11 @@ async def edge(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
         config.setdefault("probes", {"enabled": False})   # keep fakes' request logs exact
         config.setdefault("cache", {"dir": str(tmp_path / f"cache{len(clients)}")})
         parsed = parse_config(yaml.safe_dump(config), "routes.yaml", env or {})
-        client = TestClient(TestServer(build_app(parsed, env or {}), host="127.0.0.1"))
+        app = build_app(parsed, env or {})
+        client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
+        assert client.server.runner is not None and client.server.runner.server is not None
+        install_thin_path(app, client.server.runner.server)   # as `serve` does
         clients.append(client)
         return client
 
