@@ -1,6 +1,7 @@
 """Cache hits (issue 5): router vs nginx proxy_cache vs a bare aiohttp handler, with wrk.
 
 Run: python bench/bench_cache_hits.py [--rounds 2] [--duration 10] [--zip-mb 50] [--profile DIR]
+                                      [--baseline DIR]
 
 Goals: cache-hit `.info` requests per second >= 0.8x a bare aiohttp handler
 returning the same bytes from memory, per worker process; and for a 50 MB
@@ -27,6 +28,10 @@ client the other. Every cache is warmed (the second answer must say HIT)
 and each target gets a 2 s wrk warm-up before its measured runs. Rounds
 interleave the targets. `.info`: wrk -t1 -c32 for `--duration` s; zip:
 wrk -t1 -c4. Throughput in MB/s is requests/s x the zip size (10^6 bytes).
+
+`--baseline DIR` adds one more zip target: the router of another checkout
+(e.g. `git archive REV | tar -x -C DIR`), same setup, to compare revisions
+within one run.
 
 `--profile DIR` also records the router under the same load with py-spy
 (`.info` and zip), as collapsed stacks in DIR, and prints the top frames.
@@ -69,6 +74,7 @@ SERVER_CPU, CLIENT_CPU = "0", "1"
 NGINX_SENDFILE = "nginx proxy_cache (sendfile on)"
 NGINX_BUFFERS = "nginx proxy_cache (sendfile off, output_buffers 2 1m)"
 ROUTER_NO_LOG = "router, --log-level warning (no access log)"
+ROUTER_BASELINE = "router of --baseline, stderr to /dev/null"
 
 
 def make_upstream_files(root: Path, zip_mb: int) -> tuple[Path, int]:
@@ -156,6 +162,8 @@ def main() -> None:
     parser.add_argument("--zip-conns", type=int, default=4, help="wrk connections for the zip")
     parser.add_argument("--zip-mb", type=int, default=50)
     parser.add_argument("--profile", type=Path, help="also py-spy the router; collapsed stacks here")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout whose router is one more zip target")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not have(tool):
@@ -171,13 +179,15 @@ def main() -> None:
         try:
             upstream.start()
 
-            def router(stderr: str, log_level: str | None = None) -> RouterProcess:
-                d = work / f"router-{stderr}-{log_level or 'info'}"
+            def router(stderr: str, log_level: str | None = None,
+                       repo: Path | None = None) -> RouterProcess:
+                d = work / f"router-{stderr}-{log_level or 'info'}{'-baseline' if repo else ''}"
                 d.mkdir()
                 conf = {"listen": "127.0.0.1:0", "upstreams": {"origin": {"url": upstream.url}},
                         "routes": [{"name": "public", "match": ["*"], "upstreams": ["origin"]}],
                         "cache": {"dir": str(d / "cache")}}
-                return RouterProcess(conf, d, stderr=stderr, cpu=SERVER_CPU, log_level=log_level)
+                return RouterProcess(conf, d, stderr=stderr, cpu=SERVER_CPU, log_level=log_level,
+                                     **({"repo": repo.resolve()} if repo else {}))
 
             def nginx(sendfile: bool) -> Nginx:
                 d = work / f"nginx-{'sendfile' if sendfile else 'buffers'}"
@@ -198,6 +208,8 @@ def main() -> None:
                 "router, stderr to a file": router("file"),
                 ROUTER_NO_LOG: router("devnull", "warning"),
             }
+            if args.baseline is not None:
+                targets[ROUTER_BASELINE] = router("devnull", repo=args.baseline)
             for target in targets.values():
                 if isinstance(target, ServerProcess):
                     target.start(INFO_PATH)
@@ -215,6 +227,8 @@ def main() -> None:
                            NGINX_BUFFERS,
                            "bare aiohttp, uvloop", "bare aiohttp, asyncio loop",
                            "router, stderr to /dev/null"]
+            if args.baseline is not None:
+                zip_targets.append(ROUTER_BASELINE)
             for name in info_targets:
                 run_wrk(targets[name].url + INFO_PATH, conns=args.conns, duration=2, cpu=CLIENT_CPU)
             for name in zip_targets:

@@ -236,12 +236,15 @@ class RouterProcess:
 
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
     `cpu`: pin the router with taskset (e.g. "0"). `log_level`: the CLI's global
-    --log-level ("warning" drops the per-request access log line).
+    --log-level ("warning" drops the per-request access log line). `repo`: run the
+    router code of another checkout (default: this one).
     """
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, stderr: str = "devnull",
-                 cpu: str | None = None, log_level: str | None = None) -> None:
+                 cpu: str | None = None, log_level: str | None = None,
+                 repo: Path = REPO) -> None:
         self.workdir = workdir
+        self.repo = repo
         self.log_level = log_level
         self.port = free_port()
         self.config_path = write_yaml(workdir / "routes.yaml", config)
@@ -271,7 +274,7 @@ class RouterProcess:
             err: Any = self._log_file
         else:
             err = subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        self.proc = subprocess.Popen(cmd, cwd=self.repo, stdout=subprocess.DEVNULL, stderr=err)
         wait_http(self.url + "/healthz", proc=self.proc)
         return self
 

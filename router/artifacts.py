@@ -27,6 +27,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataCache, NegativeAnswer
 from router.config import Cache
+from router.filesend import SendfileResponse
 from router.forward import ClientSink, Forwarder, ForwardPlan, failure_response, text_response
 from router.integrity import is_identity
 from router.logs import log_event
@@ -297,8 +298,9 @@ def _negative_response(negative: NegativeAnswer) -> web.Response:
                         headers={"X-Goproxy-Cache": "hit"})
 
 
-class _PreparedFileResponse(web.FileResponse):
-    """A FileResponse the handler prepares (sends) itself, so that a lease can cover it.
+class _PreparedFileResponse(SendfileResponse):
+    """A FileResponse the handler prepares (sends) itself, so that a lease can cover it;
+    the body goes out with os.sendfile, also on uvloop (router/filesend.py).
 
     aiohttp prepares every response a handler returns once more, and
     FileResponse.prepare is not idempotent (it would send the file again and
