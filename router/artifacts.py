@@ -27,7 +27,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataCache, NegativeAnswer
 from router.config import Cache
-from router.filesend import SendfileResponse
+from router.filesend import BufferPool, SendfileResponse
 from router.forward import ClientSink, Forwarder, ForwardPlan, failure_response, text_response
 from router.integrity import is_identity
 from router.logs import log_event
@@ -78,6 +78,7 @@ class ArtifactCache:
             stale_max_age=config.stale_max_age)
         self._fills: Coalescer[tuple[str, ...], Filled | MetaAnswer | Failure] = Coalescer()
         self.mismatches = 0
+        self._buffers = BufferPool(config.send_buffers) if config.send_buffers else None
         # What clients were told (X-Goproxy-Cache), not internal look-ups.
         self.answers: Counter[str] = Counter()
 
@@ -211,7 +212,7 @@ class ArtifactCache:
             if not entry.path.is_file():
                 self.disk.discard(entry)
                 return None
-            response = _PreparedFileResponse(entry.path, headers=headers)
+            response = _PreparedFileResponse(entry.path, headers=headers, pool=self._buffers)
             await response.prepare(request)   # the whole send, under the lease
             return response
 

@@ -90,20 +90,21 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def router_config(tmp_path: Path, up: str) -> dict[str, Any]:
+def router_config(tmp_path: Path, up: str, **cache: Any) -> dict[str, Any]:
     return {"upstreams": {"up": {"url": up}},
             "routes": [{"name": "public", "match": ["*"], "upstreams": ["up"]}],
             "scoring": {"plugins": []}, "probes": {"enabled": False},
             "timeouts": {"connect": 1, "headers": 5, "read": 5, "deadline": 20},
-            "cache": {"dir": str(tmp_path / "cache")}}
+            "cache": {"dir": str(tmp_path / "cache"), **cache}}
 
 
 @contextlib.asynccontextmanager
-async def cached_zip(tmp_path: Path) -> AsyncIterator[TestClient]:
+async def cached_zip(tmp_path: Path, **cache: Any) -> AsyncIterator[TestClient]:
     """The router app in process, its cache holding ZIP (the first answer was the streamed miss)."""
     up = await FakeProxy(ModuleTree([ZIP]), name="up").start()
     try:
-        app = build_app(parse_config(yaml.safe_dump(router_config(tmp_path, up.url)), "routes.yaml", {}), {})
+        config = router_config(tmp_path, up.url, **cache)
+        app = build_app(parse_config(yaml.safe_dump(config), "routes.yaml", {}), {})
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             status, headers, body = await get(client, ZIP_PATH)
             assert (status, headers.get("X-Goproxy-Cache"), len(body)) == (200, "miss", len(ZIP.zip))
@@ -285,6 +286,75 @@ async def _slow_and_concurrent(tmp_path: Path) -> None:
         assert filesend.stats.waits > waits, "the socket never filled: no wait was exercised"
         assert {(s, sha(b)) for s, _, b in bodies} == {(200, sha(ZIP.zip))}
         assert await until(lambda: leases(client) == {}, 5)
+
+
+# -- copying through pool buffers (cache.send_buffers) -------------------------------------
+
+
+def pool_of(client: TestClient) -> filesend.BufferPool:
+    pool = client.server.app[EDGE].cache._buffers
+    assert pool is not None
+    return pool
+
+
+def test_copy_mode_sends_whole_hits_and_ranges_without_sendfile(
+        run: Run, tmp_path: Path, sendfile_calls: list[int]) -> None:
+    run(_copy_mode(tmp_path, sendfile_calls))
+
+
+async def _copy_mode(tmp_path: Path, sendfile_calls: list[int]) -> None:
+    async with cached_zip(tmp_path, send_buffers="2MiB") as client:
+        pool = pool_of(client)
+        assert pool.capacity == 2
+        copied, calls = filesend.stats.copied, len(sendfile_calls)
+        status, headers, body = await get(client, ZIP_PATH)
+        assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "hit", sha(ZIP.zip))
+        assert headers["Content-Length"] == str(len(ZIP.zip))
+        size = len(ZIP.zip)
+        for spec, (start, end) in {"bytes=0-0": (0, 1), "bytes=1000-3000000": (1000, 3000001),
+                                   "bytes=-5000": (size - 5000, size)}.items():
+            status, headers, body = await get(client, ZIP_PATH, headers={"Range": spec})
+            assert (status, body) == (206, ZIP.zip[start:end]), spec
+        status, headers, body = await get(client, ZIP_PATH, "HEAD")
+        assert (status, headers["Content-Length"], body) == (200, str(size), b"")
+        assert filesend.stats.copied == copied + 4
+        assert sendfile_calls[calls:] == [], "copy mode used os.sendfile with a buffer free"
+        assert pool.out == 0 and leases(client) == {}
+
+
+def test_copy_mode_falls_back_to_sendfile_when_every_buffer_is_out(
+        run: Run, tmp_path: Path, sendfile_calls: list[int]) -> None:
+    run(_copy_mode_busy(tmp_path, sendfile_calls))
+
+
+async def _copy_mode_busy(tmp_path: Path, sendfile_calls: list[int]) -> None:
+    async with cached_zip(tmp_path, send_buffers="2MiB") as client:
+        pool = pool_of(client)
+        copied, calls = filesend.stats.copied, len(sendfile_calls)
+        bodies = await asyncio.gather(*(get(client, ZIP_PATH) for _ in range(12)))
+        assert {(s, sha(b)) for s, _, b in bodies} == {(200, sha(ZIP.zip))}
+        by_copy = filesend.stats.copied - copied
+        assert 1 <= by_copy <= 11, by_copy
+        assert sum(sendfile_calls[calls:]) == (12 - by_copy) * len(ZIP.zip)
+        assert pool.out == 0 and len(pool._free) <= pool.capacity
+        # Clients leaving mid-body give their buffers back too.
+        for reset in (False, True):
+            await _read_some_then_leave(client.port, ZIP_PATH, 2 * MiB, reset)
+        assert await until(lambda: filesend.stats.active == 0 and pool.out == 0, 10)
+        assert await until(lambda: leases(client) == {}, 5)
+        status, _, body = await get(client, ZIP_PATH)
+        assert (status, sha(body)) == (200, sha(ZIP.zip))
+
+
+def test_buffer_pool_is_bounded() -> None:
+    pool = filesend.BufferPool(3 * filesend.COPY_CHUNK + 5)
+    taken = [pool.take() for _ in range(4)]
+    assert [b is not None for b in taken] == [True, True, True, False]
+    first = taken[0]
+    assert first is not None and len(first) == filesend.COPY_CHUNK
+    pool.give(first)
+    assert pool.take() is first and pool.out == 3
+    assert filesend.BufferPool(filesend.COPY_CHUNK - 1).take() is None
 
 
 # -- TLS: aiohttp's own path -------------------------------------------------------------
