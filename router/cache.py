@@ -98,8 +98,8 @@ import stat
 import threading
 import time
 import zipfile
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -121,6 +121,7 @@ __all__ = [
     "NegativeAnswer",
     "SweepReport",
     "TEMP_PREFIX",
+    "WriteBudget",
     "artifact_relpath",
 ]
 
@@ -133,6 +134,10 @@ TEMP_PREFIX = ".tmp-"
 """Prefix of in-progress files; ``sweep()`` removes unlocked ones."""
 
 _TEMP_SUFFIX = ".part"
+_IOV_MAX = 1024
+
+WRITE_BUDGET_BYTES = 32 * 1024 * 1024
+"""Default bound on the bytes all of a DiskCache's writers buffer together (WriteBudget)."""
 _INFO_MAX_BYTES = 1 << 20  # a .info is ~100 bytes; anything this large is not one
 
 
@@ -230,6 +235,107 @@ class Lease:
         self.release()
 
 
+class WriteBudget:
+    """A bound on the bytes all writers of one DiskCache hold in memory together.
+
+    A writer takes budget for every chunk it accepts and gives it back once
+    those bytes are on disk (its thread write finished) or dropped (abort).
+    ``acquire`` waits while the bytes held plus the chunk would exceed
+    ``limit``, which back-pressures the writer's caller (the upstream read of
+    a fill and the client it streams to). Waiters are served first come,
+    first served, so small chunks cannot starve a large one; a chunk larger
+    than the whole limit proceeds once nothing else is held.
+
+    No deadlock: a writer about to wait first sends its own buffered bytes to
+    disk, and when anyone waits, every writer holding buffered bytes it has
+    not yet handed to a thread (e.g. one whose upstream or client is slow) is
+    asked to hand them over (``hold``/``drop`` register such writers); so
+    every held byte is either on its way to disk, where the thread frees it
+    unconditionally, or belongs to a writer that is not waiting. Must be used
+    from the event loop's thread. Counters: ``used``, ``peak``, ``waits``.
+    """
+
+    __slots__ = ("limit", "used", "peak", "waits", "_waiters", "_holders")
+
+    def __init__(self, limit: int | None) -> None:
+        if limit is not None and limit < 1:
+            raise ValueError("a write budget must be >= 1 byte, or None for no bound")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self.waits = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._holders: dict[object, Callable[[], None]] = {}
+
+    @property
+    def pressed(self) -> bool:
+        """Someone is waiting: buffered bytes should go to disk now rather than later."""
+        return bool(self._waiters)
+
+    def try_acquire(self, n: int) -> bool:
+        """Take ``n`` bytes if that needs no wait (and nobody waits before us)."""
+        if self._waiters or not self._fits(n):
+            return False
+        self._take(n)
+        return True
+
+    async def acquire(self, n: int) -> None:
+        """Take ``n`` bytes, waiting (in turn) until they fit; nothing is held if cancelled."""
+        if self.try_acquire(n):
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, granted)
+        self._waiters.append(entry)
+        self.waits += 1
+        for flush in list(self._holders.values()):
+            flush()
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release(n)            # granted as we were cancelled: give it back
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._grant()              # those behind us may fit now
+            raise
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` bytes (on disk or dropped) and wake whoever now fits."""
+        self.used -= n
+        assert self.used >= 0, "write budget released more than was taken"
+        self._grant()
+
+    def hold(self, key: object, flush: Callable[[], None]) -> None:
+        """``key`` holds bytes not yet handed to a thread; ``flush()`` hands them over."""
+        self._holders[key] = flush
+
+    def drop(self, key: object) -> None:
+        """``key`` no longer holds such bytes."""
+        self._holders.pop(key, None)
+
+    def _fits(self, n: int) -> bool:
+        return self.limit is None or self.used + n <= self.limit or self.used == 0
+
+    def _take(self, n: int) -> None:
+        self.used += n
+        if self.used > self.peak:
+            self.peak = self.used
+
+    def _grant(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            n, granted = waiters[0]
+            if granted.done():             # cancelled while queued
+                waiters.popleft()
+                continue
+            if not self._fits(n):
+                return
+            waiters.popleft()
+            self._take(n)
+            granted.set_result(None)
+
+
 class DiskCache:
     """Immutable Go module artifacts on disk, with an LRU size bound and a memory tier.
 
@@ -242,6 +348,9 @@ class DiskCache:
     the fsyncs (tests, or a cache on tmpfs); kill -9 safety does not need
     them, power-loss safety does. Call ``sweep()`` once before serving
     (``DiskCache.open`` does both), ``await drain()`` / ``close()`` at shutdown.
+    ``write_budget_bytes`` bounds the body bytes all writers together hold in
+    memory before they reach the disk (``write_budget``, a WriteBudget; one
+    DiskCache per process, so a process-wide bound); a writer over it waits.
 
     Counters for metrics: ``size``, ``files``, ``evictions``, ``evicted_bytes``,
     ``memory_size``, ``hits``, ``memory_hits``, ``misses``, ``commits``,
@@ -258,6 +367,7 @@ class DiskCache:
         fsync: bool = True,
         write_buffer_bytes: int = 1024 * 1024,
         io_threads: int = 4,
+        write_budget_bytes: int | None = WRITE_BUDGET_BYTES,
     ) -> None:
         if max_size is not None and max_size < 0:
             raise ValueError("max_size must be >= 0 or None")
@@ -268,6 +378,8 @@ class DiskCache:
         self.fsync = fsync
         # A flushed file is never small, so a small body is always whole in memory at commit.
         self.write_buffer_bytes = max(write_buffer_bytes, small_max_bytes + 1)
+        # Bytes all writers together hold until they are on disk (None: unbounded).
+        self.write_budget = WriteBudget(write_budget_bytes)
         # Data I/O (writes, checks, fsync) on a small pool; every change to the
         # artifact namespace (commit renames, eviction unlinks) on one thread, so
         # an unlink's "is it still that inode?" check and its unlink can never
@@ -599,11 +711,20 @@ def _remove_unlocked(path: str) -> bool:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
+    """Write the chunks in order with writev: no joined copy of a batch is made."""
+    views = [memoryview(c) for c in chunks if len(c)]
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i:i + _IOV_MAX])
+        while n:
+            size = views[i].nbytes
+            if n >= size:
+                n -= size
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -635,7 +756,12 @@ class CacheWriter:
     """Writes one artifact to a temporary file; ``commit`` publishes it atomically.
 
     ``await write(chunk)`` buffers; every ~1 MiB the batch goes to disk in a
-    cache I/O thread while the next one fills. ``await commit(expected_size)``
+    cache I/O thread while the next one fills (at most one batch in flight
+    per writer). Every buffered byte counts against the cache's
+    ``write_budget`` until it is on disk: a write over the budget waits
+    (after handing its own batch to the disk), and while anyone waits,
+    batches go to disk as soon as a thread is free instead of at ~1 MiB.
+    ``await commit(expected_size)``
     writes the rest, checks the body (size; a ``.info`` is JSON whose
     ``Version`` is the requested one; a ``.zip`` has a readable central
     directory with every entry under ``<module>@<version>/``), fsyncs, renames
@@ -657,6 +783,7 @@ class CacheWriter:
         self.version = version
         self.ext = ext
         self.path = cache.root / key
+        # Accepted chunks not yet handed to a thread; their bytes are taken from the budget.
         self._chunks: list[bytes] = []
         self._buffered = 0
         self.written = 0
@@ -673,28 +800,41 @@ class CacheWriter:
         return self._state
 
     async def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Append ``chunk``; may wait for the previous batch to reach the disk."""
+        """Append ``chunk``; may wait for the previous batch to reach the disk, or for budget."""
         if self._state != self._OPEN:
             raise CacheError(f"cache writer for {self.key} is {self._state}")
         if not chunk:
             return
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)
+        n = len(data)
+        budget = self._cache.write_budget
+        if not budget.try_acquire(n):
+            try:
+                # Hand what we hold to the disk first: a waiting writer only ever
+                # holds bytes on their way to disk, which are given back without it.
+                await self._wait_job()
+                self._flush()
+                await budget.acquire(n)
+            except BaseException:
+                self.abort()
+                raise
+            if self._state != self._OPEN:         # aborted by someone else meanwhile
+                budget.release(n)
+                raise CacheError(f"cache writer for {self.key} is {self._state}")
+        if not self._chunks:
+            budget.hold(self, self._flush_soon)
         self._chunks.append(data)
-        self._buffered += len(data)
-        self.written += len(data)
-        if self._buffered < self._cache.write_buffer_bytes:
-            return
-        try:
-            await self._wait_job()
-        except BaseException:
-            self.abort()
-            raise
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
-        try:
-            self._job = self._submit(self._write_blocking, chunks)
-        except CacheError:
-            self.abort()
-            raise
+        self._buffered += n
+        self.written += n
+        if self._buffered >= self._cache.write_buffer_bytes:
+            try:
+                await self._wait_job()
+                self._flush()
+            except BaseException:
+                self.abort()
+                raise
+        elif budget.pressed:
+            self._flush_soon()
 
     async def commit(self, expected_size: int | None = None) -> CacheEntry:
         """Publish the artifact; refuse (and clean up) if ``expected_size`` differs."""
@@ -706,6 +846,7 @@ class CacheWriter:
             raise CacheIntegrityError(
                 f"{self.key}: got {self.written} bytes, expected {expected_size}; not cached")
         self._state = self._COMMITTING
+        self._cache.write_budget.drop(self)       # the rest goes to disk with the commit
         task = asyncio.ensure_future(self._commit())
         task.add_done_callback(_retrieve)
         return await asyncio.shield(task)
@@ -715,7 +856,7 @@ class CacheWriter:
         if self._state != self._OPEN:
             return
         self._state = self._ABORTED
-        self._chunks = []
+        self._discard_buffered()
         self._cleanup_after_job()
 
     async def __aenter__(self) -> CacheWriter:
@@ -735,6 +876,61 @@ class CacheWriter:
         except RuntimeError as e:  # the cache was closed
             raise CacheError(f"{self.key}: the cache is closed") from e
 
+    def _start(self, fn: Callable[[list[bytes]], Any], chunks: list[bytes],
+               n: int) -> concurrent.futures.Future[Any]:
+        """Run ``fn(chunks)`` in an I/O thread; its ``n`` bytes go back to the budget when it ends."""
+        budget = self._cache.write_budget
+        try:
+            job = self._submit(fn, chunks)
+        except CacheError:
+            budget.release(n)
+            raise
+        self._job = job
+        if n:
+            loop = asyncio.get_running_loop()
+
+            def ended(_: object) -> None:       # in the I/O thread
+                with contextlib.suppress(RuntimeError):   # the loop is closed
+                    loop.call_soon_threadsafe(self._job_ended, job, n)
+
+            job.add_done_callback(ended)
+        return job
+
+    def _job_ended(self, job: concurrent.futures.Future[Any], n: int) -> None:
+        self._cache.write_budget.release(n)
+        if self._cache.write_budget.pressed:
+            self._flush_soon()
+
+    def _flush(self) -> None:
+        """Hand the buffered chunks to an I/O thread (no job may be running)."""
+        if not self._chunks:
+            return
+        chunks, n = self._chunks, self._buffered
+        self._chunks, self._buffered = [], 0
+        self._cache.write_budget.drop(self)
+        self._start(self._write_blocking, chunks, n)
+
+    def _flush_soon(self) -> None:
+        """``_flush`` now if no job runs (or wait for it to end: it calls back here);
+        from callbacks, so it never raises. A failed job is left for the writer to see."""
+        job = self._job
+        if self._state != self._OPEN or not self._chunks:
+            return
+        if job is not None and (not job.done() or job.cancelled() or job.exception() is not None):
+            return
+        try:
+            self._flush()
+        except CacheError:                        # the cache was closed
+            self.abort()
+
+    def _discard_buffered(self) -> None:
+        """Drop chunks not handed to a thread and give their bytes back."""
+        budget = self._cache.write_budget
+        budget.drop(self)
+        n, self._chunks, self._buffered = self._buffered, [], 0
+        if n:
+            budget.release(n)
+
     async def _wait_job(self) -> None:
         """Wait for the in-flight thread job; shielded so it stays tracked if we're cancelled."""
         job = self._job
@@ -749,12 +945,14 @@ class CacheWriter:
         cache = self._cache
         try:
             await self._wait_job()
-            chunks, self._chunks = self._chunks, []
             data = None
             if self._job is None and self.written <= cache.small_max_bytes:
-                data = b"".join(chunks)
+                data = b"".join(self._chunks)
+            chunks, n = self._chunks, self._buffered
+            self._chunks, self._buffered = [], 0
             try:
-                self._job = self._submit(self._prepare_blocking, chunks)
+                self._start(self._prepare_blocking, chunks, n)
+                assert self._job is not None
                 st: os.stat_result = await asyncio.shield(asyncio.wrap_future(self._job))
                 self._job = self._submit(self._publish_blocking, namespace=True)
                 await asyncio.shield(asyncio.wrap_future(self._job))
@@ -764,6 +962,7 @@ class CacheWriter:
             self._state = self._ABORTED
             if isinstance(e, CacheIntegrityError):
                 cache.rejected += 1
+            self._discard_buffered()
             self._cleanup_after_job()
             raise
         self._state = self._COMMITTED
@@ -815,13 +1014,13 @@ class CacheWriter:
 
     def _write_blocking(self, chunks: list[bytes]) -> None:
         fd = self._fd if self._fd is not None else self._open_tmp()
-        _write_all(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        _write_all(fd, chunks)
 
     def _prepare_blocking(self, chunks: list[bytes]) -> os.stat_result:
         """Write the rest, check, fsync (I/O thread)."""
         fd = self._fd if self._fd is not None else self._open_tmp()
         if chunks:
-            _write_all(fd, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            _write_all(fd, chunks)
         st = os.fstat(fd)
         if st.st_size != self.written:
             raise CacheIntegrityError(
