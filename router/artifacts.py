@@ -86,6 +86,9 @@ class ArtifactCache:
         """Numbers for metrics and the status page."""
         disk = self.disk
         return {"size_bytes": disk.size, "max_size_bytes": self.config.max_size or 0,
+                "write_buffered_bytes": disk.write_budget.used,
+                "write_budget_bytes": disk.write_budget.limit,
+                "write_waits": disk.write_budget.waits,
                 "hits": self.answers["hit"], "misses": self.answers["miss"],
                 "stale": self.answers["stale"], "evictions": disk.evictions,
                 "mismatches": self.mismatches}

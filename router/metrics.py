@@ -130,6 +130,19 @@ class LiveCollector(Collector):
                 "goproxy_checksum_mismatches",
                 "Module versions whose zip go.mod differed from their .mod.",
                 value=cache.get("mismatches", 0))
+            if "write_budget_bytes" in cache:
+                yield GaugeMetricFamily(
+                    "goproxy_cache_write_buffered_bytes",
+                    "Bytes of artifacts being filled that are held in memory, not yet on disk.",
+                    value=cache["write_buffered_bytes"])
+                yield GaugeMetricFamily(
+                    "goproxy_cache_write_budget_bytes",
+                    "The most the fills may hold in memory together before they wait.",
+                    value=cache["write_budget_bytes"])
+                yield CounterMetricFamily(
+                    "goproxy_cache_write_waits",
+                    "Times a fill waited for the write budget (its upstream read held back).",
+                    value=cache["write_waits"])
             for name in ("hits", "misses", "stale", "evictions"):
                 yield CounterMetricFamily(f"goproxy_cache_{name}", f"Cache {name}.",
                                           value=cache[name])

@@ -20,7 +20,6 @@ from router import __version__
 from router.config import Timeouts, Upstream
 
 USER_AGENT = f"goproxy-router/{__version__}"
-CHUNK_SIZE = 256 * 1024
 # The response body buffer's low-water mark (aiohttp pauses the socket above twice
 # this). aiohttp 3.14's default is 256 KiB, so with uvloop handing over up to
 # 250 KB per read, a paused body held ~750 KB per upstream connection; at 64 KiB

@@ -286,6 +286,10 @@ async def test_metrics_count_the_traffic_that_was_sent(edge: MakeEdge, fake_prox
     assert value(m, "goproxy_cache_evictions_total") == 0
     assert (value(m, "goproxy_cache_hits_total") or 0) >= 3
     assert value(m, "goproxy_checksum_mismatches_total") == 0
+    # Fills hold no bytes in memory once done; the budget they share is visible.
+    assert value(m, "goproxy_cache_write_buffered_bytes") == 0
+    assert (value(m, "goproxy_cache_write_budget_bytes") or 0) >= 1 << 20
+    assert value(m, "goproxy_cache_write_waits_total") == 0
     assert_labels_bounded(m)
 
 
