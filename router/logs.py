@@ -42,16 +42,21 @@ class LineSink:
     """Text lines to a file descriptor, batched per event-loop iteration.
 
     On the event loop's thread the first line of an iteration schedules one
-    write of everything gathered until then (`call_soon`): at low load a line
-    leaves right after the callback that wrote it, under load hundreds of
-    lines share a write. Off the loop (threads, startup, shutdown) a line is
-    written at once, after whatever is pending, so the order is kept.
+    write of everything gathered until then (`call_soon`), or it goes at once
+    when `FLUSH_BYTES` have gathered: at low load a line leaves right after
+    the callback that wrote it, under load many lines share a write. Off the
+    loop (threads, startup, shutdown) a line is written at once, after
+    whatever is pending, so the order is kept; at exit, what is pending is
+    written.
     """
+
+    FLUSH_BYTES = 64 * 1024
 
     def __init__(self, fd: int = 2) -> None:
         self._fd = fd
         self._pending: list[str] = []
-        self._scheduled = False
+        self._pending_bytes = 0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None   # where a flush is due
         self._lock = threading.Lock()
         atexit.register(self.flush)
 
@@ -59,24 +64,26 @@ class LineSink:
         loop = asyncio._get_running_loop()
         with self._lock:
             self._pending.append(line)
-            if loop is None:
+            self._pending_bytes += len(line)
+            if loop is None or self._pending_bytes >= self.FLUSH_BYTES:
                 self._flush_locked()
                 return
-            if self._scheduled:
+            if self._timer_loop is loop:
                 return
-            self._scheduled = True
+            self._timer_loop = loop        # (a loop that ended with a flush due is replaced)
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self._lock:
+            self._timer_loop = None
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        self._scheduled = False
         if not self._pending:
             return
         data = "".join(self._pending).encode("utf-8", "backslashreplace")
         self._pending.clear()
+        self._pending_bytes = 0
         view = memoryview(data)
         waits = 0
         try:
@@ -105,6 +112,9 @@ class JsonLinesHandler(logging.Handler):
             self.sink.write(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        self.sink.flush()
 
 
 def setup_logging(level: str = "info") -> None:

@@ -146,6 +146,8 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
                 logging.getLogger("router.server").exception("worker crashed")
                 code = 1
             finally:
+                for handler in logging.getLogger().handlers:   # batched log lines, too
+                    handler.flush()
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)

@@ -281,7 +281,7 @@ def test_hit_table_is_bounded_in_bytes_oldest_out() -> None:
     assert len(table) == 0 and table.size == 0
 
 
-def test_line_sink_batches_one_loop_iteration_and_keeps_order(tmp_path: Path) -> None:
+def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
     out = tmp_path / "log"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
     sink = LineSink(fd)
@@ -296,9 +296,15 @@ def test_line_sink_batches_one_loop_iteration_and_keeps_order(tmp_path: Path) ->
     async def burst() -> None:
         for i in range(100):
             sink.write(f"loop {i}\n")
-        assert out.read_text() == "before\n"                    # not yet: one write later
+        assert out.read_text() == "before\n"                    # gathered, not written yet
         await asyncio.sleep(0)
         await asyncio.sleep(0)
+        assert out.read_text().count("\n") == 101               # one write, the next turn
+        big = "x" * (LineSink.FLUSH_BYTES // 4) + "\n"
+        for _ in range(4):                                       # enough bytes: at once
+            sink.write(big)
+        assert out.read_text().count("\n") == 105
+        sink.write("last\n")
 
     sink.write("before\n")                                      # no loop: at once
     assert out.read_text() == "before\n"
@@ -308,11 +314,20 @@ def test_line_sink_batches_one_loop_iteration_and_keeps_order(tmp_path: Path) ->
         thread = threading.Thread(target=sink.write, args=("thread\n",))
         thread.start()
         thread.join(5)
+
+        async def next_loop() -> None:        # a new loop while the old one's flush never ran
+            sink.write("next loop\n")
+            deadline = time.monotonic() + 5
+            while "next loop" not in out.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        asyncio.run(next_loop())
     finally:
         os.write = real_write                                   # type: ignore[assignment]
         os.close(fd)
-    assert out.read_text().splitlines() == ["before", *(f"loop {i}" for i in range(100)), "thread"]
-    assert len(writes) == 2                                     # the burst, then the thread's line
+    lines = out.read_text().splitlines()
+    assert lines[:101] == ["before", *(f"loop {i}" for i in range(100))]
+    assert lines[105:] == ["last", "thread", "next loop"]
+    assert len(writes) == 5        # the burst, the big lines, last, thread, next loop
 
 
 def test_direct_sink_only_when_setup_logging_alone_listens(
