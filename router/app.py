@@ -18,7 +18,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -29,7 +29,14 @@ from router.budget import RetryBudget
 from router.config import Config
 from router.forward import AttemptObserver, Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, parse_ip
-from router.hits import HitTable, KeptHit, access_line, hit_response, is_plain_get
+from router.hits import (
+    HitTable,
+    KeptHit,
+    RenderedResponse,
+    access_line,
+    hit_response,
+    is_plain_get,
+)
 from router.identity import Peer, PeerBook, RequestIds
 from router.logs import Clock, LineSink, direct_sink, log_event
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -147,13 +154,14 @@ class Edge:
                        cache_control=IMMUTABLE, server=SERVER, route=route.name,
                        module=req.module, version=req.version or "", kind=kind)
 
-    def answer_hit(self, request: web.BaseRequest, hit: KeptHit, started: float) -> web.Response:
+    def answer_hit(self, request: web.BaseRequest, hit: KeptHit,
+                   started: float) -> web.StreamResponse | RenderedResponse:
         """The thin path: a kept answer, its request id, counters and access-log line."""
         peer = _peer(request, self.state.peers)
         headers = request.headers
         request_id = (self.request_ids.choose(headers.get("X-Request-Id"), True) if peer.trusted
                       else self.request_ids.new())
-        response = hit_response(hit, request_id)
+        response = hit_response(request, hit, request_id)
         self.metrics.pending_requests[hit.labels] += 1
         self.cache.answers["hit"] += 1
         sink = self._access_sink(started)
@@ -355,9 +363,9 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 
 def _peer(request: web.BaseRequest, peers: PeerBook) -> Peer:
-    transport = request.transport
-    name = transport.get_extra_info("peername") if transport is not None else None
-    return peers.peer(name[0] if isinstance(name, tuple) else None)
+    # request.remote: the connection's peer address, which aiohttp looks up once per
+    # connection (a getpeername system call on uvloop), not once per request.
+    return peers.peer(request.remote)
 
 
 def install_thin_path(app: web.Application, server: web.Server) -> None:
@@ -375,7 +383,8 @@ def install_thin_path(app: web.Application, server: web.Server) -> None:
         if request.method == "GET":
             hit = hits.get(request.raw_path)
             if hit is not None and is_plain_get(request):
-                return edge.answer_hit(request, hit, time.monotonic())
+                # A RenderedResponse offers all the server asks of a response (router/hits.py).
+                return cast(web.StreamResponse, edge.answer_hit(request, hit, time.monotonic()))
         return await full(request)
 
     server.request_handler = thin_path

@@ -11,6 +11,14 @@ what a cache hit costs on a busy edge, so every per-request step left here
 is one that the answer needs: a request id, the peer, one counter, one log
 line.
 
+The answer goes out as one pre-rendered buffer (status line, the fixed
+headers and the body rendered once; Date and X-Request-Id filled in), written
+straight to the connection: the same bytes aiohttp would write for the
+same Response, without building and serializing one per request. That is
+for HTTP/1.1 keep-alive requests (what the go command sends); an HTTP/1.0
+request or one that asks to close the connection gets an ordinary Response,
+so aiohttp deals with the connection as usual.
+
 Only plain GETs take the thin path (no Range, no conditional headers, no
 query): anything else goes through the full flow, which handles it. Routes
 with an `allow` section never do; their answers are not kept here. The
@@ -21,9 +29,13 @@ path elsewhere.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
 from router.cache import CacheEntry
@@ -34,7 +46,8 @@ class KeptHit:
     """One ready-made answer."""
 
     body: bytes
-    headers: CIMultiDict[str]    # every response header but X-Request-Id
+    headers: CIMultiDict[str]    # every response header but X-Request-Id (and Date)
+    head: bytes                  # the status line and those headers, Content-Length too
     log_fields: str              # the access-log fields after "client", as JSON text
     labels: tuple[str, str, str, str]   # its goproxy_requests labels
 
@@ -81,7 +94,11 @@ class HitTable:
         self._drop(raw_path)
         while self._kept and self.size + len(body) > self.max_bytes:
             self._drop(next(iter(self._kept)))
-        self._kept[raw_path] = KeptHit(body, headers, log_fields, (route, kind, "200", "hit"))
+        head = "".join(["HTTP/1.1 200 OK\r\n",
+                        *(f"{name}: {value}\r\n" for name, value in headers.items()),
+                        f"Content-Length: {len(body)}\r\n"]).encode("latin-1")
+        self._kept[raw_path] = KeptHit(body, headers, head, log_fields,
+                                       (route, kind, "200", "hit"))
         self.size += len(body)
 
     def clear(self) -> None:
@@ -116,10 +133,70 @@ def is_plain_get(request: web.BaseRequest) -> bool:
     return True
 
 
-def hit_response(hit: KeptHit, request_id: str) -> web.Response:
+def hit_response(request: web.BaseRequest, hit: KeptHit,
+                 request_id: str) -> web.StreamResponse | RenderedResponse:
+    """A pre-rendered answer on an HTTP/1.1 keep-alive connection, else a plain Response."""
+    if request.version == HttpVersion11 and request.keep_alive:
+        return RenderedResponse(b"".join((hit.head, _DATE.header(), b"X-Request-Id: ",
+                                          request_id.encode("ascii"), b"\r\n\r\n", hit.body)),
+                                len(hit.body))
     headers = hit.headers.copy()
     headers["X-Request-Id"] = request_id
     return web.Response(body=hit.body, headers=headers)
+
+
+class RenderedResponse:
+    """A whole HTTP/1.1 response, status line to body, written to the connection at once.
+
+    It offers what aiohttp's server asks of the response a handler returns
+    (`prepare`, `write_eof`, `keep_alive`, and for its access logger `status`,
+    `body_length`, `headers`); nothing else uses it.
+    """
+
+    __slots__ = ("_data", "body_length", "prepared")
+    status = 200
+    keep_alive = True
+    headers: CIMultiDict[str] = CIMultiDict()
+    HIGH_WATER = 64 * 1024       # transport buffer beyond which the writer waits for the client
+    waits = 0                    # times an answer waited for a client that did not read (tests)
+
+    def __init__(self, data: bytes, body_length: int) -> None:
+        self._data = data
+        self.body_length = body_length
+        self.prepared = False
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        if self.prepared:
+            return
+        self.prepared = True
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client left before its answer")
+        transport.write(self._data)
+        if transport.get_write_buffer_size() > self.HIGH_WATER:   # a client not reading
+            RenderedResponse.waits += 1
+            await request.writer.drain()
+
+    async def write_eof(self, data: Any = b"") -> None:
+        return None
+
+
+class _HttpDate:
+    """The Date header line, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def header(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._line = f"Date: {formatdate(second, usegmt=True)}\r\n".encode("ascii")
+        return self._line
+
+
+_DATE = _HttpDate()
 
 
 def access_line(clock_now: str, pid: int, request_id: str, client_json: str, hit: KeptHit,

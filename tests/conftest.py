@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from router.logs import LineSink
 from tests.support import FakeProxy, Faults, ModuleTree, RefusedPort, ThreadedFakeProxy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +172,18 @@ class RouterProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stderr(self) -> str:
+        """The log so far, once it has settled: the router writes its lines in batches, up
+        to LineSink.FLUSH_DELAY after they happen (bounded: at most 3 s of waiting)."""
+        quiet = max(LineSink.FLUSH_DELAY * 2, 0.04)
+        deadline = time.monotonic() + 3.0
+        size, stable_since = -1, time.monotonic()
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            now_size = self.stderr_path.stat().st_size
+            if now_size != size:
+                size, stable_since = now_size, time.monotonic()
+            elif time.monotonic() - stable_since >= quiet:
+                break
+            time.sleep(0.01)
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self, grace: float = 5.0) -> None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -32,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from router.cache import CacheEntry
 from router.config import parse_config
-from router.hits import HitTable
+from router.hits import HitTable, RenderedResponse
 from router.identity import PeerBook, RequestIds
 from router.logs import Clock, JsonFormatter, LineSink, direct_sink
 from tests.support import Module, ModuleTree, case_escape
@@ -251,6 +253,104 @@ async def test_forwarded_for_and_request_id_only_from_trusted_proxies(
     assert lines[-2]["request_id"] == "client-chosen-id"
 
 
+def _exchange(port: int, payload: bytes, expect_responses: int, *, rcvbuf: int | None = None,
+              pause: float = 0.0) -> tuple[bytes, bool]:
+    """Send raw bytes, read until `expect_responses` answers (or EOF); (bytes, closed by server)."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    with sock:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(payload)
+        time.sleep(pause)
+        chunks: list[bytes] = []
+        closed = False
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+            if chunk.endswith(MOD.info):     # maybe the last answer: count them
+                data = b"".join(chunks)
+                chunks = [data]
+                if data.count(b"HTTP/1.") >= expect_responses:
+                    break
+        data = b"".join(chunks)
+        if not closed:
+            sock.settimeout(0.3)
+            with contextlib.suppress(TimeoutError):
+                closed = sock.recv(1) == b""
+        return data, closed
+
+
+def _answers(data: bytes) -> list[tuple[str, dict[str, str], bytes]]:
+    """Split a stream of HTTP/1.x answers (each with Content-Length) into (status, headers, body)."""
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        length = int(headers["content-length"])
+        out.append((status, headers, rest[:length]))
+        data = rest[length:]
+    return out
+
+
+async def test_kept_hits_on_the_wire_pipelined_http10_and_close(
+        tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
+    up = await fake_proxy(ModuleTree([MOD]), name="up")
+    client = await edge(config(tmp_path, {"up": up.url}))
+    await ask(client, INFO)
+    full = await ask(client, INFO)
+    assert len(edge_of(client).hits) == 1
+    _break_routing(client)                  # from here on, only the thin path can answer
+    get11 = f"GET {INFO} HTTP/1.1\r\nHost: t\r\nUser-Agent: Go-http-client/1.1\r\n\r\n".encode()
+
+    data, closed = await asyncio.to_thread(_exchange, client.port, get11 * 3, 3)
+    answers = _answers(data)
+    assert not closed and len(answers) == 3
+    ids = set()
+    for status, headers, body in answers:
+        assert status == "HTTP/1.1 200 OK" and body == MOD.info
+        for name in ("content-type", "cache-control", "etag", "last-modified", "x-goproxy-cache",
+                     "server", "content-length"):
+            assert headers[name] == full.headers[name], name
+        assert "connection" not in headers and headers["date"].endswith(" GMT")
+        ids.add(headers["x-request-id"])
+    assert len(ids) == 3
+
+    # HTTP/1.0, and HTTP/1.1 asking to close: an ordinary Response, the connection closed.
+    for request in (f"GET {INFO} HTTP/1.0\r\nHost: t\r\n\r\n",
+                    f"GET {INFO} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"):
+        data, closed = await asyncio.to_thread(_exchange, client.port, request.encode(), 1)
+        [(status, headers, body)] = _answers(data)
+        assert status.endswith(" 200 OK") and body == MOD.info and closed, request
+        assert headers["x-goproxy-cache"] == "hit" and headers["etag"] == full.headers["ETag"]
+
+
+async def test_a_client_that_does_not_read_gets_every_pipelined_answer(
+        tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers beyond what the kernel and the transport hold wait for the client."""
+    monkeypatch.setattr(RenderedResponse, "HIGH_WATER", 1024)
+    up = await fake_proxy(ModuleTree([MOD]), name="up")
+    client = await edge(config(tmp_path, {"up": up.url}))
+    await ask(client, INFO)
+    await ask(client, INFO)
+    get11 = f"GET {INFO} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    count = 12000                            # ~5 MB: more than loopback's socket buffers
+    waits = RenderedResponse.waits
+    data, closed = await asyncio.to_thread(_exchange, client.port, get11 * count, count,
+                                           rcvbuf=16 * 1024, pause=0.5)
+    answers = _answers(data)
+    assert not closed and len(answers) == count
+    assert {(status, body) for status, _, body in answers} == {("HTTP/1.1 200 OK", MOD.info)}
+    assert len({headers["x-request-id"] for _, headers, _ in answers}) == count
+    assert RenderedResponse.waits > waits, "the answers never waited for the client"
+
+
 # -- the parts ------------------------------------------------------------------------------
 
 
@@ -296,10 +396,12 @@ def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
     async def burst() -> None:
         for i in range(100):
             sink.write(f"loop {i}\n")
+        await asyncio.sleep(0)
         assert out.read_text() == "before\n"                    # gathered, not written yet
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert out.read_text().count("\n") == 101               # one write, the next turn
+        deadline = time.monotonic() + 5
+        while out.read_text().count("\n") < 101 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert out.read_text().count("\n") == 101               # in one write
         big = "x" * (LineSink.FLUSH_BYTES // 4) + "\n"
         for _ in range(4):                                       # enough bytes: at once
             sink.write(big)
@@ -327,7 +429,7 @@ def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert lines[:101] == ["before", *(f"loop {i}" for i in range(100))]
     assert lines[105:] == ["last", "thread", "next loop"]
-    assert len(writes) == 5        # the burst, the big lines, last, thread, next loop
+    assert len(writes) == 4        # the burst, the big lines, last + thread, next loop
 
 
 def test_direct_sink_only_when_setup_logging_alone_listens(
