@@ -329,10 +329,10 @@ class Cache(_Strict):
     dir: str = "./cache"
     max_size: ByteSize | None = None                        # e.g. 20GB; none = unbounded
     memory: ByteSize = 64 * 2**20                           # small .info/.mod kept in memory
-    # Cached files are sent with sendfile; above 0, copied through 1 MiB buffers (up to this
-    # much memory) while one is free, as nginx's `sendfile off` does: faster per stream on
-    # some hosts, about twice the CPU per byte. Measure before turning on (BENCHMARKS.md).
-    send_buffers: ByteSize = 0
+    # Cached files are copied through 1 MiB buffers (up to this much memory) while one is
+    # free, as nginx's `sendfile off` does, else sent with sendfile: copying is faster per
+    # stream here, sendfile cheaper per byte when many run at once (BENCHMARKS.md). 0: sendfile.
+    send_buffers: ByteSize = 8 * 2**20
     metadata_ttl: Annotated[float, Field(ge=0)] = 60.0      # list, @latest, non-canonical .info
     negative_ttl: Annotated[float, Field(ge=0)] = 10.0      # remembered 404/410 answers
     stale_max_age: Annotated[float, Field(ge=0)] = 86400.0  # served when every upstream fails

@@ -39,14 +39,15 @@ lost connections (aiohttp's ``handler_cancellation``, on in its TestServer,
 off in ``serve``) gets the same abort, and the cancellation goes on. The dup
 is closed in every case.
 
-Copying instead (`cache.send_buffers`, off by default): with a BufferPool,
-a body is read into a 1 MiB buffer and written from it, as nginx does with
-`sendfile off; output_buffers 2 1m`. On this project's VM, over loopback,
-that moves a single stream ~1.5x faster than sendfile (Linux's sendfile
-goes through a 64 KiB internal pipe per step) at about twice the CPU per
-byte (BENCHMARKS.md). The pool bounds the memory: when every buffer is in
-use, the next body goes out with sendfile, so many concurrent downloads,
-where CPU rather than one stream's speed is the limit, get the cheap path.
+Copying while few bodies are in flight (`cache.send_buffers`, 8 MiB by
+default; 0 turns it off): with a BufferPool, a body is read into a 1 MiB
+buffer and written from it, as nginx does with `sendfile off; output_buffers
+2 1m`. On this project's VM, over loopback, that moves a stream ~1.5x faster
+than sendfile (Linux's sendfile goes through a 64 KiB internal pipe per
+step) for ~1.3x the CPU per byte (BENCHMARKS.md). The pool bounds the
+memory: when every buffer is in use, the next body goes out with sendfile,
+so many concurrent downloads, where CPU rather than one stream's speed is
+the limit, get the cheaper path.
 
 When this path does not apply, aiohttp's own path runs: TLS (no raw socket
 carries the plain bytes), no socket at all, compression, a chunked writer,

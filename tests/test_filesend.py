@@ -100,10 +100,11 @@ def router_config(tmp_path: Path, up: str, **cache: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def cached_zip(tmp_path: Path, **cache: Any) -> AsyncIterator[TestClient]:
-    """The router app in process, its cache holding ZIP (the first answer was the streamed miss)."""
+    """The router app in process, its cache holding ZIP (the first answer was the streamed miss).
+    Sendfile only unless `send_buffers` says otherwise (the default copies while it can)."""
     up = await FakeProxy(ModuleTree([ZIP]), name="up").start()
     try:
-        config = router_config(tmp_path, up.url, **cache)
+        config = router_config(tmp_path, up.url, **{"send_buffers": 0, **cache})
         app = build_app(parse_config(yaml.safe_dump(config), "routes.yaml", {}), {})
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             status, headers, body = await get(client, ZIP_PATH)
@@ -344,6 +345,17 @@ async def _copy_mode_busy(tmp_path: Path, sendfile_calls: list[int]) -> None:
         assert await until(lambda: leases(client) == {}, 5)
         status, _, body = await get(client, ZIP_PATH)
         assert (status, sha(body)) == (200, sha(ZIP.zip))
+
+
+def test_the_default_copies_through_eight_buffers_and_zero_means_sendfile(tmp_path: Path) -> None:
+    from router.artifacts import ArtifactCache
+    for cache, capacity in (({}, 8), ({"send_buffers": 0}, None), ({"send_buffers": "3MiB"}, 3)):
+        config = parse_config(yaml.safe_dump(router_config(tmp_path, "http://127.0.0.1:9", **cache)),
+                              "routes.yaml", {})
+        artifacts = ArtifactCache(config.cache)
+        pool = artifacts._buffers
+        assert (pool.capacity if pool is not None else None) == capacity, cache
+        artifacts.disk.close()
 
 
 def test_buffer_pool_is_bounded() -> None:
