@@ -1,8 +1,8 @@
 """The thin path for the most frequent answer: a small immutable artifact already in memory.
 
 Once the full request flow (parse the path, find the route, check access,
-look in the cache) has answered a `.info` or `.mod` of a public route from
-the cache's memory tier, nothing about the answer can change: the bytes are
+look in the cache) has answered a `.info` or `.mod` (or a zip small enough)
+of a public route from the cache's memory tier, nothing about the answer can change: the bytes are
 immutable, the route is fixed until the next reload. So the answer is kept
 here, under the exact raw request path, with its response headers and its
 access-log fields rendered once, and later GETs for that path are answered
