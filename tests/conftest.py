@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from router.cache import DiskCache
 from router.logs import LineSink
 from tests.support import FakeProxy, Faults, ModuleTree, RefusedPort, ThreadedFakeProxy
 
@@ -64,6 +65,24 @@ def threaded_fake_proxy() -> Iterator[Callable[..., ThreadedFakeProxy]]:
     yield make
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture
+def make_cache(tmp_path: Path) -> Iterator[Callable[..., DiskCache]]:
+    """``make_cache(max_size=None, root=None, sweep=True, **kw)`` -> a DiskCache, closed at teardown."""
+    caches: list[DiskCache] = []
+
+    def make(max_size: int | None = None, root: Path | None = None, *, sweep: bool = True,
+             **kw: Any) -> DiskCache:
+        cache = DiskCache(root or tmp_path / "cache", max_size, **kw)
+        if sweep:
+            cache.sweep()
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.close()
 
 
 @pytest.fixture

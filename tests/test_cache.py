@@ -17,9 +17,8 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,24 +39,6 @@ from tests.conftest import REPO_ROOT, GoEnv
 from tests.support import Module, download_cache_paths
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator[Callable[..., DiskCache]]:
-    """``make_cache(max_size=None, root=None, sweep=True, **kw)`` -> a DiskCache, closed at teardown."""
-    caches: list[DiskCache] = []
-
-    def make(max_size: int | None = None, root: Path | None = None, *, sweep: bool = True,
-             **kw: Any) -> DiskCache:
-        cache = DiskCache(root or tmp_path / "cache", max_size, **kw)
-        if sweep:
-            cache.sweep()
-        caches.append(cache)
-        return cache
-
-    yield make
-    for cache in caches:
-        cache.close()
 
 
 async def store(cache: DiskCache, module: str, version: str, ext: str, body: bytes,

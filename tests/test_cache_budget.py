@@ -13,7 +13,7 @@ import asyncio
 import os
 import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,6 @@ MiB = 1 << 20
 BOUND = 10.0          # seconds any single wait in these tests may take
 
 
-@pytest.fixture
-def make_cache(tmp_path: Path) -> Iterator[Callable[..., DiskCache]]:
-    caches: list[DiskCache] = []
-
-    def make(**kw: Any) -> DiskCache:
-        kw.setdefault("fsync", False)
-        cache = DiskCache(tmp_path / "cache", None, **kw)
-        cache.sweep()
-        caches.append(cache)
-        return cache
-
-    yield make
-    for cache in caches:
-        cache.close()
 
 
 async def settle() -> None:
@@ -177,7 +163,7 @@ class GatedWrites:
 
 async def test_a_writer_waits_while_the_budget_is_on_its_way_to_disk(
         make_cache: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = make_cache(write_budget_bytes=1 * MiB, write_buffer_bytes=1 * MiB)
+    cache = make_cache(fsync=False, write_budget_bytes=1 * MiB, write_buffer_bytes=1 * MiB)
     gate = GatedWrites(monkeypatch)
     a = cache.writer("example.com/a", "v1.0.0", "mod")
     b = cache.writer("example.com/b", "v1.0.0", "mod")
@@ -199,7 +185,7 @@ async def test_an_idle_writers_buffer_is_flushed_when_another_waits(
         make_cache: Callable[..., DiskCache]) -> None:
     # A (say, with a stalled client) holds 600 KB below its batch size and does
     # nothing more; B must still get through: pressure sends A's bytes to disk.
-    cache = make_cache(write_budget_bytes=1 * MiB, write_buffer_bytes=4 * MiB)
+    cache = make_cache(fsync=False, write_budget_bytes=1 * MiB, write_buffer_bytes=4 * MiB)
     a = cache.writer("example.com/a", "v1.0.0", "mod")
     b = cache.writer("example.com/b", "v1.0.0", "mod")
     await asyncio.wait_for(a.write(b"a" * 600_000), BOUND)
@@ -213,7 +199,7 @@ async def test_an_idle_writers_buffer_is_flushed_when_another_waits(
 
 
 async def test_commit_and_abort_give_the_budget_back(make_cache: Callable[..., DiskCache]) -> None:
-    cache = make_cache(write_budget_bytes=8 * MiB)
+    cache = make_cache(fsync=False, write_budget_bytes=8 * MiB)
     budget = cache.write_budget
     w = cache.writer("example.com/a", "v1.0.0", "mod")
     for _ in range(10):
@@ -234,7 +220,7 @@ async def test_commit_and_abort_give_the_budget_back(make_cache: Callable[..., D
 
 async def test_a_writer_cancelled_while_waiting_gives_everything_back(
         make_cache: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = make_cache(write_budget_bytes=512 * KiB, write_buffer_bytes=128 * KiB)
+    cache = make_cache(fsync=False, write_budget_bytes=512 * KiB, write_buffer_bytes=128 * KiB)
     gate = GatedWrites(monkeypatch)
     a = cache.writer("example.com/a", "v1.0.0", "mod")
     b = cache.writer("example.com/b", "v1.0.0", "mod")
@@ -257,7 +243,7 @@ async def test_a_writer_cancelled_while_waiting_gives_everything_back(
 
 async def test_a_disk_error_gives_the_budget_back(
         make_cache: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = make_cache(write_budget_bytes=4 * MiB, write_buffer_bytes=256 * KiB)
+    cache = make_cache(fsync=False, write_budget_bytes=4 * MiB, write_buffer_bytes=256 * KiB)
 
     def full(fd: int, chunks: Any) -> None:
         raise OSError(28, "No space left on device")
@@ -276,7 +262,7 @@ async def test_a_disk_error_gives_the_budget_back(
 
 
 async def test_an_oversize_chunk_is_written_alone(make_cache: Callable[..., DiskCache]) -> None:
-    cache = make_cache(write_budget_bytes=64 * KiB)
+    cache = make_cache(fsync=False, write_budget_bytes=64 * KiB)
     body = os.urandom(3 * MiB)
     w = cache.writer("example.com/a", "v1.0.0", "mod")
     await asyncio.wait_for(w.write(body), BOUND)
@@ -285,7 +271,7 @@ async def test_an_oversize_chunk_is_written_alone(make_cache: Callable[..., Disk
 
 
 async def test_many_writers_on_a_tiny_budget_all_finish(make_cache: Callable[..., DiskCache]) -> None:
-    cache = make_cache(write_budget_bytes=256 * KiB, write_buffer_bytes=128 * KiB, io_threads=2)
+    cache = make_cache(fsync=False, write_budget_bytes=256 * KiB, write_buffer_bytes=128 * KiB, io_threads=2)
     rng = random.Random(5)
     bodies = {f"example.com/m{i}": rng.randbytes(rng.randrange(1, 2 * MiB)) for i in range(40)}
 

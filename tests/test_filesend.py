@@ -45,6 +45,7 @@ from router.app import EDGE, build_app
 from router.config import parse_config
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Module, ModuleTree, ThreadedFakeProxy, case_escape
+from tests.test_cache_serving import get_all
 
 KiB, MiB = 1 << 10, 1 << 20
 ZIP = Module("example.com/sendfile", "v1.0.0",
@@ -447,22 +448,12 @@ def served(tmp_path: Path, threaded_fake_proxy: Callable[..., ThreadedFakeProxy]
     yield router
 
 
-def _get_all(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
-
-
 @pytest.mark.timeout(90)
 def test_serve_process_sends_hits_whole_and_survives_clients_leaving(served: RouterProcess) -> None:
     port = served.port
-    status, headers, body = _get_all(port, ZIP_PATH)
+    status, headers, body = get_all("127.0.0.1", port, ZIP_PATH)
     assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "miss", sha(ZIP.zip))
-    status, headers, body = _get_all(port, ZIP_PATH)
+    status, headers, body = get_all("127.0.0.1", port, ZIP_PATH)
     assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "hit", sha(ZIP.zip))
     time.sleep(0.2)
     fd_dir = Path(f"/proc/{served.proc.pid}/fd")
@@ -477,9 +468,9 @@ def test_serve_process_sends_hits_whole_and_survives_clients_leaving(served: Rou
                 got += len(chunk)
             if reset:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    status, headers, body = _get_all(port, ZIP_PATH)
+    status, headers, body = get_all("127.0.0.1", port, ZIP_PATH)
     assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "hit", sha(ZIP.zip))
-    status, headers, body = _get_all(port, ZIP_PATH.replace(".zip", ".info"))
+    status, headers, body = get_all("127.0.0.1", port, ZIP_PATH.replace(".zip", ".info"))
     assert status == 200
     deadline = time.monotonic() + 5
     while len(os.listdir(fd_dir)) > fds and time.monotonic() < deadline:

@@ -39,7 +39,7 @@ from router.identity import PeerBook, RequestIds
 from router.logs import Clock, JsonFormatter, LineSink, direct_sink
 from tests.support import Module, ModuleTree, case_escape
 from tests.support.http import MakeEdge, MakeFake
-from tests.test_cache_serving import IMMUTABLE, ask, config, edge_of
+from tests.test_cache_serving import IMMUTABLE, Answer, ask, config, edge_of
 
 MOD = Module("example.com/Thin/Path", "v1.0.0")
 PRIVATE = Module("git.corp.example/team/thin", "v0.2.0")
@@ -48,6 +48,17 @@ INFO, GOMOD, ZIP = BASE + ".info", BASE + ".mod", BASE + ".zip"
 LOG_KEYS = ["ts", "level", "logger", "pid", "event", "request_id", "client", "country", "method",
             "path", "route", "module", "version", "kind", "upstream", "attempts", "cache",
             "status", "bytes", "elapsed"]
+
+
+async def kept_info(tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> tuple[Any, Answer]:
+    """An edge over one upstream that has answered INFO twice (a miss, then the full flow's
+    hit, which it keeps): the client and that full-flow hit."""
+    up = await fake_proxy(ModuleTree([MOD]), name="up")
+    client = await edge(config(tmp_path, {"up": up.url}))
+    await ask(client, INFO)
+    full = await ask(client, INFO)
+    assert full.cache == "hit" and edge_of(client).hits.get(INFO) is not None
+    return client, full
 
 
 def _break_routing(client: Any) -> None:
@@ -93,10 +104,7 @@ async def test_a_kept_hit_is_answered_without_the_request_flow(
 
 async def test_thin_and_full_hits_carry_the_same_headers(
         tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
-    up = await fake_proxy(ModuleTree([MOD]), name="up")
-    client = await edge(config(tmp_path, {"up": up.url}))
-    await ask(client, INFO)
-    full = await ask(client, INFO)
+    client, full = await kept_info(tmp_path, edge, fake_proxy)
     thin = await ask(client, INFO)
     assert len(edge_of(client).hits) == 1
     ignore = {"x-request-id", "date"}
@@ -300,11 +308,7 @@ def _answers(data: bytes) -> list[tuple[str, dict[str, str], bytes]]:
 
 async def test_kept_hits_on_the_wire_pipelined_http10_and_close(
         tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
-    up = await fake_proxy(ModuleTree([MOD]), name="up")
-    client = await edge(config(tmp_path, {"up": up.url}))
-    await ask(client, INFO)
-    full = await ask(client, INFO)
-    assert len(edge_of(client).hits) == 1
+    client, full = await kept_info(tmp_path, edge, fake_proxy)
     _break_routing(client)                  # from here on, only the thin path can answer
     get11 = f"GET {INFO} HTTP/1.1\r\nHost: t\r\nUser-Agent: Go-http-client/1.1\r\n\r\n".encode()
 
@@ -335,10 +339,7 @@ async def test_a_client_that_does_not_read_gets_every_pipelined_answer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Answers beyond what the kernel and the transport hold wait for the client."""
     monkeypatch.setattr(RenderedResponse, "HIGH_WATER", 1024)
-    up = await fake_proxy(ModuleTree([MOD]), name="up")
-    client = await edge(config(tmp_path, {"up": up.url}))
-    await ask(client, INFO)
-    await ask(client, INFO)
+    client, _ = await kept_info(tmp_path, edge, fake_proxy)
     get11 = f"GET {INFO} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
     count = 12000                            # ~5 MB: more than loopback's socket buffers
     waits = RenderedResponse.waits
