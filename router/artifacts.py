@@ -111,7 +111,7 @@ class ArtifactCache:
         module, version, ext = req.module, req.version or "", req.kind.value
         entry = self.disk.get(module, version, ext)
         if entry is not None:
-            response = await self._send_entry(request, entry, "hit", None)
+            response = await self._send_entry(request, entry, "hit", None, plan.timeouts.send)
             if response is not None:               # else it vanished meanwhile: fetch again
                 _answered(self, request, "hit")
                 return response
@@ -123,7 +123,7 @@ class ArtifactCache:
         plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
         if request.method == "HEAD":                 # no body to keep: just ask upstream
             return await forwarder.forward(request, plan)
-        sink = ClientSink(request) if ext == "zip" else None
+        sink = ClientSink(request, plan.timeouts.send) if ext == "zip" else None
         result = await self._fills.run(     # per route: its upstreams' answer, 404s included
             ("artifact", plan.route, plan.path),
             lambda: self._fill(plan, forwarder, module, version, ext, sink))
@@ -131,7 +131,8 @@ class ArtifactCache:
             assert sink.response is not None
             return sink.response
         if isinstance(result, Filled):
-            response = await self._send_entry(request, result.entry, "miss", result.upstream)
+            response = await self._send_entry(request, result.entry, "miss", result.upstream,
+                                              plan.timeouts.send)
             if response is not None:
                 return response
             return text_response(503, "goproxy-router: the cached file vanished; try again\n")
@@ -193,7 +194,8 @@ class ArtifactCache:
         return Failure(response.status, text)
 
     async def _send_entry(self, request: web.Request, entry: CacheEntry, state: str,
-                          upstream: str | None) -> web.StreamResponse | None:
+                          upstream: str | None,
+                          send_timeout: float) -> web.StreamResponse | None:
         """A cached artifact: from memory when small, else sendfile (Range, conditionals).
         None when the file vanished meanwhile (evicted by another worker)."""
         ext = entry.key.rsplit(".", 1)[-1]
@@ -215,7 +217,8 @@ class ArtifactCache:
             if not entry.path.is_file():
                 self.disk.discard(entry)
                 return None
-            response = _PreparedFileResponse(entry.path, headers=headers, pool=self._buffers)
+            response = _PreparedFileResponse(entry.path, headers=headers, pool=self._buffers,
+                                             send_timeout=send_timeout)
             await response.prepare(request)   # the whole send, under the lease
             return response
 

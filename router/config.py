@@ -114,13 +114,18 @@ class Timeouts(_Strict):
 
     The deadline covers every attempt, retry, backoff and hedge until an
     upstream's response begins; once a body streams only `read` (the longest
-    silence) applies, so a long zip over a slow link is never cut.
+    silence) applies, so a long zip over a slow link is never cut. `send` is
+    the other direction: the longest a client may take to accept more of its
+    answer before its connection is dropped (nginx's send_timeout), so a
+    client that stopped reading does not hold a fill others wait for, nor a
+    cached file's lease, for ever.
     """
 
     connect: Annotated[float, Field(gt=0)] = 5.0
     headers: Annotated[float, Field(gt=0)] = 30.0
     read: Annotated[float, Field(gt=0)] = 30.0
     deadline: Annotated[float, Field(gt=0)] = 60.0
+    send: Annotated[float, Field(gt=0)] = 60.0
 
 
 class TimeoutOverrides(_Strict):
@@ -128,6 +133,7 @@ class TimeoutOverrides(_Strict):
     headers: Annotated[float, Field(gt=0)] | None = None
     read: Annotated[float, Field(gt=0)] | None = None
     deadline: Annotated[float, Field(gt=0)] | None = None
+    send: Annotated[float, Field(gt=0)] | None = None
 
     def over(self, base: Timeouts) -> Timeouts:
         return base.model_copy(update=self.model_dump(exclude_none=True))

@@ -65,6 +65,7 @@ import errno
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -129,9 +130,11 @@ class SendfileResponse(web.FileResponse):
     """``web.FileResponse`` whose body goes out with ``os.sendfile`` on any loop
     (or copied through a buffer of `pool` while it has one free)."""
 
-    def __init__(self, *args: Any, pool: BufferPool | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, pool: BufferPool | None = None,
+                 send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pool = pool
+        self._send_timeout = send_timeout
 
     async def _sendfile(self, request: web.BaseRequest, fobj: IO[Any], offset: int,
                         count: int) -> AbstractStreamWriter:
@@ -156,12 +159,14 @@ class SendfileResponse(web.FileResponse):
             except OSError:                         # the transport closed its fd meanwhile
                 raise ConnectionResetError("connection lost before the body") from None
             loop = asyncio.get_running_loop()
+            patience = _Patience(self._send_timeout)
             if buffer is not None:
                 stats.copied += 1
                 await _copy(loop, transport, writer, sock_fd, fobj.fileno(), offset, count,
-                            memoryview(buffer))
+                            memoryview(buffer), patience)
             else:
-                await _send(loop, transport, writer, sock_fd, fobj.fileno(), offset, count)
+                await _send(loop, transport, writer, sock_fd, fobj.fileno(), offset, count,
+                            patience)
         except ConnectionError:
             stats.client_gone += 1
             self.force_close()
@@ -199,14 +204,34 @@ def _usable(response: web.FileResponse, transport: asyncio.BaseTransport | None)
             and sock.fileno() >= 0)
 
 
+class _Patience:
+    """How much longer a client may accept nothing (`timeouts.send`), from its last progress."""
+
+    __slots__ = ("limit", "since")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since = time.monotonic()
+
+    def progressed(self) -> None:
+        self.since = time.monotonic()
+
+    def left(self) -> float:
+        """Seconds left; ConnectionResetError (the client is gone, for us) when none."""
+        left = self.limit - (time.monotonic() - self.since)
+        if left <= 0:
+            raise ConnectionResetError(f"the client accepted nothing for {self.limit:g}s")
+        return left
+
+
 async def _send(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport,
                 writer: AbstractStreamWriter, sock_fd: int, file_fd: int, offset: int,
-                count: int) -> None:
+                count: int, patience: _Patience) -> None:
     """``count`` bytes of ``file_fd`` from ``offset`` to the socket, counted in the writer's
     ``output_size`` (which aiohttp reports as the body length) as they go.
 
     ConnectionError when the client left or the transport closed meanwhile."""
-    await _headers_sent(loop, transport, sock_fd)
+    await _headers_sent(loop, transport, sock_fd, patience)
     while count > 0:
         if transport.is_closing():
             raise ConnectionResetError("connection closed during the body")
@@ -214,7 +239,7 @@ async def _send(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTranspo
         try:
             n = os.sendfile(sock_fd, file_fd, offset, want)
         except BlockingIOError:
-            await _writable(loop, sock_fd)
+            await _writable(loop, sock_fd, patience)
             continue
         except OSError as exc:
             if exc.errno == errno.ENOTCONN:
@@ -223,21 +248,22 @@ async def _send(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTranspo
         if n == 0:                              # the file is shorter than it said
             raise FileShrank(f"the file ended {count} bytes early, at offset {offset}")
         stats.calls += 1
+        patience.progressed()
         writer.output_size += n
         offset += n
         count -= n
         if count:
             if n < want:                        # the socket is full: wait until it drains
-                await _writable(loop, sock_fd)
+                await _writable(loop, sock_fd, patience)
             else:                               # let other connections run
                 await asyncio.sleep(0)
 
 
 async def _copy(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport,
                 writer: AbstractStreamWriter, sock_fd: int, file_fd: int, offset: int,
-                count: int, buffer: memoryview) -> None:
+                count: int, buffer: memoryview, patience: _Patience) -> None:
     """Like `_send`, through `buffer`: read a chunk, write it out, wait when the socket is full."""
-    await _headers_sent(loop, transport, sock_fd)
+    await _headers_sent(loop, transport, sock_fd, patience)
     while count > 0:
         if transport.is_closing():
             raise ConnectionResetError("connection closed during the body")
@@ -248,6 +274,7 @@ async def _copy(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTranspo
         while sent < got:
             try:
                 sent += os.write(sock_fd, buffer[sent:got])
+                patience.progressed()
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -257,7 +284,7 @@ async def _copy(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTranspo
             if sent < got:
                 if transport.is_closing():
                     raise ConnectionResetError("connection closed during the body")
-                await _writable(loop, sock_fd)
+                await _writable(loop, sock_fd, patience)
         stats.calls += 1
         writer.output_size += got
         offset += got
@@ -267,7 +294,7 @@ async def _copy(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTranspo
 
 
 async def _headers_sent(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport,
-                        sock_fd: int) -> None:
+                        sock_fd: int, patience: _Patience) -> None:
     """Until the transport holds nothing more: the headers must reach the socket first.
     uvloop writes what it queued at the end of the loop iteration: one turn is usually enough."""
     if transport.get_write_buffer_size():
@@ -275,15 +302,16 @@ async def _headers_sent(loop: asyncio.AbstractEventLoop, transport: asyncio.Writ
     while transport.get_write_buffer_size():
         if transport.is_closing():
             raise ConnectionResetError("connection closed before the body")
-        await _writable(loop, sock_fd)
+        await _writable(loop, sock_fd, patience)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """Until ``fd`` is writable (or errored), or RECHECK seconds passed."""
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int, patience: _Patience) -> None:
+    """Until ``fd`` is writable (or errored), or RECHECK seconds passed; ConnectionResetError
+    when the client has accepted nothing for longer than it may (`timeouts.send`)."""
     stats.waits += 1
     waiter = loop.create_future()
+    timer = loop.call_later(min(RECHECK, patience.left()), _wake, waiter)
     loop.add_writer(fd, _wake, waiter)
-    timer = loop.call_later(RECHECK, _wake, waiter)
     try:
         await waiter
     finally:

@@ -422,7 +422,7 @@ class Forwarder:
         if fetched.body is not None:             # already read whole, checked and decoded
             self.note_ok(plan, fetched)
             return web.Response(status=200, body=fetched.body, headers=headers)
-        client = ClientSink(request)
+        client = ClientSink(request, plan.timeouts.send)
         await self.pump(plan, fetched, client, None, headers)
         return client.response or web.Response(status=200)
 
@@ -501,14 +501,17 @@ class Forwarder:
 
 
 class ClientSink:
-    """The client end of a stream: prepared on demand, detached if the client leaves."""
+    """The client end of a stream: prepared on demand, detached if the client leaves,
+    or if it accepts nothing for `send_timeout` seconds (then its connection is cut:
+    the body, which may be filling the cache for others, goes on without it)."""
 
-    __slots__ = ("request", "response", "gone")
+    __slots__ = ("request", "response", "gone", "send_timeout")
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, send_timeout: float) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
         self.gone = False
+        self.send_timeout = send_timeout
 
     @property
     def started(self) -> bool:
@@ -528,7 +531,10 @@ class ClientSink:
         if self.gone or not data or self.response is None:
             return
         try:
-            await self.response.write(data)
+            await asyncio.wait_for(self.response.write(data), self.send_timeout)
+        except TimeoutError:     # (an OSError too: first) it stopped reading: cut it,
+            self.gone = True     # and keep reading: the body may still fill the cache
+            abort_client(self.request)
         except (ConnectionError, OSError):
             self.gone = True     # keep reading: the body may still fill the cache
 
@@ -537,7 +543,10 @@ class ClientSink:
         if self.gone or self.response is None:
             return
         try:
-            await self.response.write_eof()
+            await asyncio.wait_for(self.response.write_eof(), self.send_timeout)
+        except TimeoutError:
+            self.gone = True
+            abort_client(self.request)
         except (ConnectionError, OSError):
             self.gone = True
 

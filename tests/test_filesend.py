@@ -91,21 +91,22 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def router_config(tmp_path: Path, up: str, **cache: Any) -> dict[str, Any]:
+def router_config(tmp_path: Path, up: str, send_timeout: float = 20, **cache: Any) -> dict[str, Any]:
     return {"upstreams": {"up": {"url": up}},
             "routes": [{"name": "public", "match": ["*"], "upstreams": ["up"]}],
             "scoring": {"plugins": []}, "probes": {"enabled": False},
-            "timeouts": {"connect": 1, "headers": 5, "read": 5, "deadline": 20},
+            "timeouts": {"connect": 1, "headers": 5, "read": 5, "deadline": 20,
+                         "send": send_timeout},
             "cache": {"dir": str(tmp_path / "cache"), **cache}}
 
 
 @contextlib.asynccontextmanager
-async def cached_zip(tmp_path: Path, **cache: Any) -> AsyncIterator[TestClient]:
+async def cached_zip(tmp_path: Path, send_timeout: float = 20, **cache: Any) -> AsyncIterator[TestClient]:
     """The router app in process, its cache holding ZIP (the first answer was the streamed miss).
     Sendfile only unless `send_buffers` says otherwise (the default copies while it can)."""
     up = await FakeProxy(ModuleTree([ZIP]), name="up").start()
     try:
-        config = router_config(tmp_path, up.url, **{"send_buffers": 0, **cache})
+        config = router_config(tmp_path, up.url, send_timeout, **{"send_buffers": 0, **cache})
         app = build_app(parse_config(yaml.safe_dump(config), "routes.yaml", {}), {})
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
             status, headers, body = await get(client, ZIP_PATH)
@@ -288,6 +289,73 @@ async def _slow_and_concurrent(tmp_path: Path) -> None:
         assert filesend.stats.waits > waits, "the socket never filled: no wait was exercised"
         assert {(s, sha(b)) for s, _, b in bodies} == {(200, sha(ZIP.zip))}
         assert await until(lambda: leases(client) == {}, 5)
+
+
+# -- a client that stops reading (timeouts.send) ------------------------------------------
+
+
+@pytest.mark.parametrize("send_buffers", [0, "2MiB"], ids=["sendfile", "copy"])
+def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(
+        run: Run, tmp_path: Path, send_buffers: Any) -> None:
+    run(_stalled_reader(tmp_path, send_buffers))
+
+
+async def _stalled_reader(tmp_path: Path, send_buffers: Any) -> None:
+    async with cached_zip(tmp_path, send_timeout=0.5, send_buffers=send_buffers) as client:
+        gone, started = filesend.stats.client_gone, time.monotonic()
+        stalled = _raw_request(client.port, ZIP_PATH)      # asks, never reads
+        try:
+            assert await until(lambda: filesend.stats.client_gone > gone, 10), filesend.stats
+            assert time.monotonic() - started >= 0.5
+            assert await until(lambda: filesend.stats.active == 0 and leases(client) == {}, 5)
+
+            def drain() -> int:              # what it can still read, then the cut connection
+                got = 0
+                with contextlib.suppress(ConnectionError):
+                    while chunk := stalled.recv(1 << 20):
+                        got += len(chunk)
+                return got
+            assert await asyncio.to_thread(drain) < len(ZIP.zip)
+        finally:
+            stalled.close()
+        status, _, body = await get(client, ZIP_PATH)         # the next one is served whole
+        assert (status, sha(body)) == (200, sha(ZIP.zip))
+
+
+def test_a_first_requester_that_stops_reading_does_not_hold_the_fill(run: Run, tmp_path: Path) -> None:
+    run(_stalled_leader(tmp_path))
+
+
+async def _stalled_leader(tmp_path: Path) -> None:
+    """The first requester of an uncached zip streams the fill; when it stops reading, it
+    is cut after timeouts.send and the fill goes on into the cache for the one waiting."""
+    up = await FakeProxy(ModuleTree([ZIP]), name="up").start()
+    try:
+        config = router_config(tmp_path, up.url, send_timeout=0.5)
+        app = build_app(parse_config(yaml.safe_dump(config), "routes.yaml", {}), {})
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            leader = _raw_request(client.port, ZIP_PATH)
+            try:
+                assert await until(lambda: any(r.raw_path == ZIP_PATH for r in up.requests), 5)
+                asked = time.monotonic()
+                status, headers, body = await get(client, ZIP_PATH)
+                assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "miss", sha(ZIP.zip))
+                assert time.monotonic() - asked < 10, "the stalled leader held the fill"
+
+                def drain() -> int:
+                    got = 0
+                    with contextlib.suppress(ConnectionError):
+                        while chunk := leader.recv(1 << 20):
+                            got += len(chunk)
+                    return got
+                assert await asyncio.to_thread(drain) < len(ZIP.zip)
+            finally:
+                leader.close()
+            assert sum(r.raw_path == ZIP_PATH for r in up.requests) == 1
+            status, headers, body = await get(client, ZIP_PATH)
+            assert (status, headers["X-Goproxy-Cache"], sha(body)) == (200, "hit", sha(ZIP.zip))
+    finally:
+        await up.stop()
 
 
 # -- copying through pool buffers (cache.send_buffers) -------------------------------------
