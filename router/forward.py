@@ -531,7 +531,8 @@ class ClientSink:
         if self.gone or not data or self.response is None:
             return
         try:
-            await asyncio.wait_for(self.response.write(data), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):   # no task per chunk, unlike wait_for
+                await self.response.write(data)
         except TimeoutError:     # (an OSError too: first) it stopped reading: cut it,
             self.gone = True     # and keep reading: the body may still fill the cache
             abort_client(self.request)
@@ -543,7 +544,8 @@ class ClientSink:
         if self.gone or self.response is None:
             return
         try:
-            await asyncio.wait_for(self.response.write_eof(), self.send_timeout)
+            async with asyncio.timeout(self.send_timeout):
+                await self.response.write_eof()
         except TimeoutError:
             self.gone = True
             abort_client(self.request)
