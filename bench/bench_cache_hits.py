@@ -243,20 +243,16 @@ def main() -> None:
             info: dict[str, list[WrkResult]] = {n: [] for n in info_targets}
             zips: dict[str, list[WrkResult]] = {n: [] for n in zip_targets}
             for rnd in range(args.rounds):
-                order = info_targets if rnd % 2 == 0 else info_targets[::-1]
-                for name in order:
-                    r = measure(targets[name], targets[name].url + INFO_PATH, args.conns,
-                                args.duration)
-                    info[name].append(r)
-                    print(f"round {rnd + 1} .info  {name:55} {r.rps:9.0f} req/s  "
-                          f"server CPU {r.cpu * 100:3.0f}%{check(r)}", flush=True)
-                order = zip_targets if rnd % 2 == 0 else zip_targets[::-1]
-                for name in order:
-                    r = measure(targets[name], targets[name].url + ZIP_PATH, args.zip_conns,
-                                args.duration)
-                    zips[name].append(r)
-                    print(f"round {rnd + 1} zip    {name:55} {r.rps * zip_size / 1e6:9.0f} MB/s  "
-                          f"server CPU {r.cpu * 100:3.0f}%{check(r)}", flush=True)
+                for label, path, conns, runs, unit in (
+                        (".info", INFO_PATH, args.conns, info, lambda r: f"{r.rps:9.0f} req/s"),
+                        ("zip", ZIP_PATH, args.zip_conns, zips,
+                         lambda r: f"{r.rps * zip_size / 1e6:9.0f} MB/s")):
+                    names = list(runs) if rnd % 2 == 0 else list(runs)[::-1]   # interleaved
+                    for name in names:
+                        r = measure(targets[name], targets[name].url + path, conns, args.duration)
+                        runs[name].append(r)
+                        print(f"round {rnd + 1} {label:6} {name:55} {unit(r)}  "
+                              f"server CPU {r.cpu * 100:3.0f}%{check(r)}", flush=True)
             if args.profile is not None and have("py-spy"):
                 r = targets["router, stderr to /dev/null"]
                 assert isinstance(r, RouterProcess)

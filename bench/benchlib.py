@@ -231,7 +231,37 @@ def run_wrk(url: str, *, threads: int = 1, conns: int = 32, duration: float = 10
 # -- the router as a subprocess ------------------------------------------------------------
 
 
-class RouterProcess:
+class LocalServer:
+    """A server child process on a free loopback port: its URL, pid, and `with` support.
+    Subclasses start it (`start`, returning self) and stop it (`stop`)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> LocalServer:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RouterProcess(LocalServer):
     """`python -m router.cli serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
 
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
@@ -243,25 +273,15 @@ class RouterProcess:
     def __init__(self, config: dict[str, Any], workdir: Path, *, stderr: str = "devnull",
                  cpu: str | None = None, log_level: str | None = None,
                  repo: Path = REPO) -> None:
+        super().__init__()
         self.workdir = workdir
         self.repo = repo
         self.log_level = log_level
-        self.port = free_port()
         self.config_path = write_yaml(workdir / "routes.yaml", config)
         self.stderr_mode = stderr
         self.log_path = workdir / "router.log"
         self.cpu = cpu
-        self.proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def start(self) -> RouterProcess:
         level = ["--log-level", self.log_level] if self.log_level else []
@@ -296,12 +316,6 @@ class RouterProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
-    def __enter__(self) -> RouterProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # -- a fleet of fake upstreams in a child process --------------------------------------------
@@ -533,23 +547,13 @@ def _serve_bare(port: int, loop: str, body_path: str, body_file: Path,
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-class ServerProcess:
+class ServerProcess(LocalServer):
     """One of the helper servers above as a subprocess."""
 
     def __init__(self, args: list[str], cpu: str | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         cmd = [PYTHON, str(Path(__file__).resolve()), *args, "--port", str(self.port)]
         self.cmd = ["taskset", "-c", cpu, *cmd] if cpu is not None else cmd
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def start(self, probe_path: str = "/") -> ServerProcess:
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=subprocess.DEVNULL,
@@ -557,20 +561,11 @@ class ServerProcess:
         wait_http(self.url + probe_path, proc=self.proc)
         return self
 
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 # -- nginx ------------------------------------------------------------------------------------
 
 
-class Nginx:
+class Nginx(LocalServer):
     """Debian's nginx, one worker, as a caching reverse proxy (proxy_cache) for `upstream`.
 
     `cpu`: pin the master and its worker with taskset (e.g. "0").
@@ -578,16 +573,11 @@ class Nginx:
 
     def __init__(self, workdir: Path, upstream: str, *, sendfile: bool = True,
                  cpu: str | None = None) -> None:
+        super().__init__()
         self.workdir = workdir
-        self.port = free_port()
         self.upstream = upstream
         self.sendfile = sendfile
         self.cpu = cpu
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> str:
         d = self.workdir
@@ -637,11 +627,6 @@ http {{
         wait_http(self.url + "/", proc=self.proc)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def worker_pids(self) -> list[int]:
         assert self.proc is not None
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
@@ -656,12 +641,6 @@ http {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def have(tool: str) -> bool:

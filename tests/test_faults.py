@@ -677,12 +677,19 @@ def _hedge_config(a: FakeProxy, b: FakeProxy, tmp_path: Path, headers: float = 2
                   hedge={"enabled": True, "min_delay": 0.05, "min_samples": 20, **hedge})
 
 
-async def test_hedge_answers_from_the_next_upstream_and_cancels_the_stalled_one(
-        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
+async def _warm_hedged_pair(edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path,
+                            **hedge_config: Any) -> tuple[FakeProxy, FakeProxy, TestClient]:
+    """Upstreams a and b, hedging on (`_hedge_config`), a warmed up with a p95 to hedge at."""
     a = await fake_proxy(TREE, name="a")
     b = await fake_proxy(TREE, name="b")
-    client = await edge(_hedge_config(a, b, tmp_path))
+    client = await edge(_hedge_config(a, b, tmp_path, **hedge_config))
     await _warm_up(client, a)
+    return a, b, client
+
+
+async def test_hedge_answers_from_the_next_upstream_and_cancels_the_stalled_one(
+        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
+    a, b, client = await _warm_hedged_pair(edge, fake_proxy, tmp_path)
     assert b.requests == [], "hedged although a answered within its p95"
     a.set_faults(hang=True)
     for kind in ("info", "mod", "list", "latest"):
@@ -696,10 +703,7 @@ async def test_hedge_answers_from_the_next_upstream_and_cancels_the_stalled_one(
 
 async def test_without_hedging_a_stall_costs_the_headers_timeout(
         edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
-    a = await fake_proxy(TREE, name="a")
-    b = await fake_proxy(TREE, name="b")
-    client = await edge(_hedge_config(a, b, tmp_path, headers=1.0, enabled=False))
-    await _warm_up(client, a)
+    a, b, client = await _warm_hedged_pair(edge, fake_proxy, tmp_path, headers=1.0, enabled=False)
     a.set_faults(hang=True)
     got = await fetch(client, PATHS["info"])
     assert got.status == 200 and got.headers["X-Goproxy-Upstream"] == "b"
@@ -737,10 +741,7 @@ async def test_no_hedge_before_enough_samples(edge: MakeEdge, fake_proxy: MakeFa
 async def test_hedge_first_good_answer_wins(edge: MakeEdge, fake_proxy: MakeFake,
                                             tmp_path: Path) -> None:
     """The hedge failing does not end the request: the slow original still wins."""
-    a = await fake_proxy(TREE, name="a")
-    b = await fake_proxy(TREE, name="b")
-    client = await edge(_hedge_config(a, b, tmp_path))
-    await _warm_up(client, a)
+    a, b, client = await _warm_hedged_pair(edge, fake_proxy, tmp_path)
     a.set_faults(delay=0.3)
     b.set_faults(status=500)
     got = await fetch(client, PATHS["mod"])
@@ -752,10 +753,7 @@ async def test_hedge_first_good_answer_wins(edge: MakeEdge, fake_proxy: MakeFake
 
 async def test_hedge_loser_is_cancelled_when_the_original_wins(
         edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
-    a = await fake_proxy(TREE, name="a")
-    b = await fake_proxy(TREE, name="b")
-    client = await edge(_hedge_config(a, b, tmp_path))
-    await _warm_up(client, a)
+    a, b, client = await _warm_hedged_pair(edge, fake_proxy, tmp_path)
     a.set_faults(delay=0.2)
     b.set_faults(delay=1.5)
     got = await fetch(client, PATHS["info"])
@@ -768,10 +766,7 @@ async def test_hedge_loser_is_cancelled_when_the_original_wins(
 async def test_no_hedge_once_headers_arrived(edge: MakeEdge, fake_proxy: MakeFake,
                                              tmp_path: Path) -> None:
     """Hedging is about time to headers: a slow body (zip, hedging on for zips) is not hedged."""
-    a = await fake_proxy(TREE, name="a")
-    b = await fake_proxy(TREE, name="b")
-    client = await edge(_hedge_config(a, b, tmp_path, kinds=list(KINDS)))
-    await _warm_up(client, a)
+    a, b, client = await _warm_hedged_pair(edge, fake_proxy, tmp_path, kinds=list(KINDS))
     a.set_faults(throttle=len(GOOD["zip"]) / 0.5)
     got = await fetch(client, PATHS["zip"])
     assert got.status == 200 and got.body == GOOD["zip"]
