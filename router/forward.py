@@ -22,9 +22,10 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -530,23 +531,22 @@ class ClientSink:
     async def write(self, data: bytes | memoryview) -> None:
         if self.gone or not data or self.response is None:
             return
-        try:
-            async with asyncio.timeout(self.send_timeout):   # no task per chunk, unlike wait_for
-                await self.response.write(data)
-        except TimeoutError:     # (an OSError too: first) it stopped reading: cut it,
-            self.gone = True     # and keep reading: the body may still fill the cache
-            abort_client(self.request)
-        except (ConnectionError, OSError):
-            self.gone = True     # keep reading: the body may still fill the cache
+        await self._deliver(self.response.write(data))
 
     async def finish(self, last: bytes) -> None:
         await self.write(last)
         if self.gone or self.response is None:
             return
+        await self._deliver(self.response.write_eof())
+
+    async def _deliver(self, step: Coroutine[Any, Any, None]) -> None:
+        """One write to the client (a task per chunk, as wait_for makes, is avoided); a
+        client that left, or accepted nothing for send_timeout, is gone (and the latter
+        cut off), while the caller keeps reading: the body may still fill the cache."""
         try:
             async with asyncio.timeout(self.send_timeout):
-                await self.response.write_eof()
-        except TimeoutError:
+                await step
+        except TimeoutError:     # (an OSError too: first) it stopped reading
             self.gone = True
             abort_client(self.request)
         except (ConnectionError, OSError):
