@@ -120,7 +120,7 @@ async def test_thin_and_full_hits_carry_the_same_headers(
     assert (part.status, part.body) == (206, MOD.info[:5])
 
 
-async def test_head_query_and_zip_go_through_the_full_flow(
+async def test_head_and_query_take_the_full_flow_and_a_small_zip_is_kept(
         tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
     up = await fake_proxy(ModuleTree([MOD]), name="up")
     client = await edge(config(tmp_path, {"up": up.url}))
@@ -137,6 +137,13 @@ async def test_head_query_and_zip_go_through_the_full_flow(
     query = await ask(client, INFO + "?x=1")
     assert (query.status, query.cache) == (200, "hit")
     assert hits.get(INFO + "?x=1") is None and len(hits) == 2
+    # Proof of which path answers: with routing broken, only the thin path still can.
+    _break_routing(client)
+    assert (await ask(client, INFO, method="HEAD")).status == 500
+    assert (await ask(client, INFO + "?x=1")).status == 500
+    for path, body in ((INFO, MOD.info), (ZIP, MOD.zip)):
+        thin = await ask(client, path)
+        assert (thin.status, thin.body) == (200, body)
 
 
 async def test_a_private_route_is_never_kept(
