@@ -26,6 +26,7 @@ from router import __version__
 from router.admin import AdminPolicy
 from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache
 from router.budget import RetryBudget
+from router.compat import ServerHandler, swap_request_handler
 from router.config import Config
 from router.forward import AttemptObserver, Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, parse_ip
@@ -376,18 +377,19 @@ def install_thin_path(app: web.Application, server: web.Server) -> None:
     Anything that is not a kept hit goes on to that handler unchanged.
     """
     edge = app[EDGE]
-    full = server.request_handler
     hits = edge.hits
 
-    async def thin_path(request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "GET":
-            hit = hits.get(request.raw_path)
-            if hit is not None and is_plain_get(request):
-                # A RenderedResponse offers all the server asks of a response (router/hits.py).
-                return cast(web.StreamResponse, edge.answer_hit(request, hit, time.monotonic()))
-        return await full(request)
+    def in_front_of(full: ServerHandler) -> ServerHandler:
+        async def thin_path(request: web.BaseRequest) -> web.StreamResponse:
+            if request.method == "GET":
+                hit = hits.get(request.raw_path)
+                if hit is not None and is_plain_get(request):
+                    # A RenderedResponse offers all the server asks of a response (router/hits.py).
+                    return cast(web.StreamResponse, edge.answer_hit(request, hit, time.monotonic()))
+            return await full(request)
+        return thin_path
 
-    server.request_handler = thin_path
+    swap_request_handler(server, in_front_of)
 
 
 def _body_size(response: web.StreamResponse) -> int | None:

@@ -28,8 +28,14 @@ def _load(path: str) -> Config:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
+    from router.compat import CompatError, verify
     from router.server import ServeOptions, run_workers, serve
 
+    try:
+        verify()
+    except CompatError as exc:
+        print(f"goproxy-router: cannot start: {exc}", file=sys.stderr)
+        return 1
     try:
         config = _load(args.config)
         host, port = parse_listen(args.listen or config.listen)

@@ -73,6 +73,8 @@ from aiohttp import web, web_fileresponse
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_response import StreamResponse
 
+from router.compat import writer_compresses
+
 # Per os.sendfile call; nginx's sendfile_max_chunk default is 2m. Bounds how long one
 # download holds the loop when the socket never fills (a fast client on loopback).
 MAX_CHUNK = 2 << 20
@@ -146,7 +148,7 @@ class SendfileResponse(web.FileResponse):
         sock = transport.get_extra_info("socket")
         writer = await StreamResponse.prepare(self, request)   # status line and headers
         assert writer is not None
-        if writer.chunked or getattr(writer, "_compress", None) is not None:
+        if writer.chunked or writer_compresses(writer):
             stats.fallbacks += 1                # not raw bytes on the wire: aiohttp's way
             return await self._sendfile_fallback(writer, fobj, offset, count)
         stats.responses += 1
