@@ -41,8 +41,17 @@ class RetryBudget:
                 stamps.popleft()
 
     def record_request(self, now: float | None = None) -> None:
-        """A client request that may need upstream attempts."""
-        self._requests.append(time.monotonic() if now is None else now)
+        """A client request that may need upstream attempts.
+
+        Trimmed here too, not only when a retry is asked for: with healthy
+        upstreams nothing is ever spent, and the window must still slide.
+        """
+        now = time.monotonic() if now is None else now
+        self._requests.append(now)
+        horizon = now - self.window
+        requests = self._requests
+        while requests[0] < horizon:
+            requests.popleft()
 
     def try_spend(self, now: float | None = None) -> bool:
         """Take one retry or hedge from the budget; False (and counted) if none is left."""

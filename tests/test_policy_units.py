@@ -46,6 +46,18 @@ def test_budget_bound_over_a_period() -> None:
     assert budget.refused > 0
 
 
+def test_budget_memory_stays_bounded_by_the_window_when_nothing_is_spent() -> None:
+    """Healthy upstreams: 100,000 requests, no retry ever asked for. Only the requests of
+    the last `window` seconds are kept (10 s at 100 per second: 1,001), not all of them."""
+    budget = RetryBudget(ratio=0.2, floor=5, window=10)
+    budget._refilled = 0.0
+    for i in range(100_000):
+        budget.record_request(now=i * 0.01)
+    assert len(budget._requests) <= 1001
+    # The ratio share still counts exactly the window's requests.
+    assert sum(budget.try_spend(now=999.99) for _ in range(300)) == 200 + 5
+
+
 @pytest.mark.parametrize("kind, body, expected, problem", [
     ("info", b'{"Version":"v1.0.0","Time":"2020-01-01T00:00:00Z"}', "v1.0.0", None),
     ("info", b'{"Version":"v1.0.0"}', None, None),
