@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router.countries import continent_of
 from router.scoring import Candidate, Plugin, RequestContext
@@ -15,17 +15,28 @@ Factor = Annotated[float, Field(gt=0)]
 class GeoAffinityOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    same_country: Factor = 1.0
-    same_continent: Factor = 1.5
+    same_country: Factor = 1.0      # the upstream lists the client's country
+    anywhere: Factor = 1.2          # the upstream says "*": near everyone, nobody's nearest
+    same_continent: Factor = 1.5    # it lists a country on the client's continent
     elsewhere: Factor = 3.0
+
+    @model_validator(mode="after")
+    def _nearest_first(self) -> GeoAffinityOptions:
+        if not self.same_country < self.anywhere:
+            raise ValueError("same_country must be below anywhere: an upstream that lists the "
+                             "client's own country must outrank one declared '*'")
+        return self
 
 
 class GeoAffinity(Plugin):
     """Factor from the upstream's `countries` vs the client's country.
 
-    Same country is best, then same continent, then elsewhere. An upstream
-    declared `"*"` ("near everyone") and a client whose country is unknown
-    both get 1.0: not knowing must never punish anyone.
+    An upstream listing the client's own country is best; one declared `"*"`
+    ("near everyone", e.g. a global CDN) comes next, so a regional mirror
+    wins for its own region at equal latency while the global one stays
+    close behind; then an upstream listing a country on the client's
+    continent; then the rest. A client whose country is unknown gets 1.0
+    everywhere: not knowing must never punish anyone.
     """
 
     name = "geo_affinity"
@@ -38,15 +49,31 @@ class GeoAffinity(Plugin):
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float:
         country = ctx.country
-        countries = upstream.config.countries
-        if country is None or "*" in countries:
+        if country is None:
             return 1.0
+        countries = upstream.config.countries
         if country in countries:
             return self.opts.same_country
+        if "*" in countries:
+            return self.opts.anywhere
         continent = ctx.continent or continent_of(country)
         if continent is not None and continent in self._continents_of(countries):
             return self.opts.same_continent
         return self.opts.elsewhere
+
+    def explain(self, ctx: RequestContext, upstream: Candidate) -> str:
+        country = ctx.country
+        countries = upstream.config.countries
+        if country is None:
+            return ""                       # explain's client line already says so
+        if country in countries:
+            return f"lists {country}, the client's country"
+        if "*" in countries:
+            return f"'*' (near everyone), after an upstream listing {country}"
+        continent = ctx.continent or continent_of(country)
+        if continent is not None and continent in self._continents_of(countries):
+            return f"lists {', '.join(countries)}: same continent ({continent})"
+        return f"lists {', '.join(countries)}: not near {country}"
 
     def _continents_of(self, countries: tuple[str, ...]) -> frozenset[str]:
         found = self._continents.get(countries)

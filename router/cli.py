@@ -161,6 +161,13 @@ def _print_explain(report: dict[str, Any], as_json: bool, live: bool) -> None:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print("cost = product of the plugin factors; lower wins (" + ", ".join(plugins) + ")")
+    why = [(u["name"], plugin, text) for u in report["upstreams"]
+           for plugin, text in u.get("reasons", {}).items()]
+    if why:
+        width = max(len(name) for name, _, _ in why)
+        print("why:")
+        for name, plugin, text in why:
+            print(f"  {name.ljust(width)}  {plugin}: {text}")
 
 
 def build_parser() -> argparse.ArgumentParser:

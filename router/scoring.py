@@ -104,6 +104,11 @@ class Plugin:
         """A cost factor (> 0; 1.0 neutral) or a Veto for this upstream in this request."""
         return 1.0
 
+    def explain(self, ctx: RequestContext, upstream: Candidate) -> str:
+        """Why `score` gives what it gives here, in a few words, for `explain` only
+        (never called while serving); "" when the factor speaks for itself."""
+        return ""
+
 
 class Scored:
     """One upstream's result: final cost and each plugin's factor (or its Veto).
@@ -129,6 +134,18 @@ class Scored:
     def breakdown(self, plugins: Sequence[Plugin]) -> dict[str, float | str]:
         return {plugin.name: f"veto: {f.reason}" if isinstance(f, Veto) else f
                 for plugin, f in zip(plugins, self.factors, strict=True)}
+
+    def reasons(self, ctx: RequestContext, plugins: Sequence[Plugin]) -> dict[str, str]:
+        """Each plugin's own words on its factor (those that have any)."""
+        found = {}
+        for plugin in plugins:
+            try:
+                text = plugin.explain(ctx, self.candidate)
+            except Exception as exc:
+                text = f"explain raised {type(exc).__name__}: {exc}"
+            if text:
+                found[plugin.name] = str(text)
+        return found
 
 
 def _rank_key(scored: Scored) -> tuple[float, int]:
@@ -339,6 +356,7 @@ def explain(ctx: RequestContext, ranking: Ranking) -> dict[str, Any]:
                 "rank": i + 1 if id(s) in chosen else None,
                 "cost": s.cost,
                 "factors": s.breakdown(ranking.plugins),
+                "reasons": s.reasons(ctx, ranking.plugins),
                 "veto": s.veto,
                 "countries": list(s.candidate.config.countries),
                 "latency_ewma": round(s.candidate.stats.latency.value, 6),

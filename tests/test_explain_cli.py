@@ -51,6 +51,32 @@ def test_explain_table_for_a_chinese_client(tmp_path: Path) -> None:
     assert [row[geo] for row in rows] == ["1", "3", "3"]
 
 
+def test_the_shipped_routes_yaml_ranks_each_region_its_own_proxy_first(tmp_path: Path) -> None:
+    """The shipped file with a GeoIP database: China gets goproxy.cn, Germany and Brazil
+    proxy.golang.org ("*"), and explain says why."""
+    db = tmp_path / "country.mmdb"
+    write_country_db(db, {"1.0.1.0/24": "CN", "2.16.0.0/16": "DE", "200.0.0.0/16": "BR"})
+    shipped = yaml.safe_load((REPO_ROOT / "routes.yaml").read_text())
+    shipped["geoip"]["database"] = str(db)
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(shipped))
+    firsts = {}
+    for client in ("1.0.1.7", "2.16.0.1", "200.0.3.4"):
+        result = explain("--config", str(config), "golang.org/x/mod", "--client-ip", client, "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        firsts[report["country"]] = report["order"]
+        why = {u["name"]: u["reasons"]["geo_affinity"] for u in report["upstreams"]}
+        if report["country"] == "CN":
+            assert why["goproxy-cn"] == "lists CN, the client's country"
+            assert why["proxy-golang"].startswith("'*' (near everyone)")
+    assert firsts == {"CN": ["goproxy-cn", "goproxy-io", "proxy-golang"],
+                      "DE": ["proxy-golang", "goproxy-cn", "goproxy-io"],
+                      "BR": ["proxy-golang", "goproxy-cn", "goproxy-io"]}
+    table = explain("--config", str(config), "golang.org/x/mod", "--client-ip", "1.0.1.7").stdout
+    assert "why:" in table and "goproxy-cn    geo_affinity: lists CN, the client's country" in table
+
+
 def test_explain_json_with_a_pin_rule_and_a_veto(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     result = explain("--config", str(config), "golang.org/x/mod", "--client-ip", "2.16.0.1",

@@ -67,7 +67,7 @@ def test_geo_affinity_same_country_then_continent_then_elsewhere() -> None:
     assert factors == {"cn": 1.0, "jp": 1.5, "de": 3.0}
 
 
-def test_unknown_country_and_star_are_never_punished() -> None:
+def test_unknown_country_is_neutral_and_star_sits_between_own_country_and_the_rest() -> None:
     engine = Engine(load_plugins(BUILTINS))
     star, de = candidate("star", 0.1), candidate("de", 0.1, countries=("DE",))
     ranking = engine.rank(ctx(country=None), [de, star])
@@ -75,7 +75,31 @@ def test_unknown_country_and_star_are_never_punished() -> None:
     assert names(ranking) == ["de", "star"]           # tie: config order
     ranking = engine.rank(ctx(country="BR", continent="SA"), [de, star])
     geo = {s.name: s.breakdown(ranking.plugins)["geo_affinity"] for s in ranking.order}
-    assert geo == {"star": 1.0, "de": 3.0}
+    assert geo == {"star": 1.2, "de": 3.0}
+    assert names(ranking) == ["star", "de"]
+    fr = candidate("fr", 0.1, countries=("FR",))
+    ranking = engine.rank(ctx(country="DE", continent="EU"), [fr, star, de])
+    assert names(ranking) == ["de", "star", "fr"]     # own country, '*', same continent
+
+
+@pytest.mark.parametrize("country, continent", [("CN", "AS"), ("DE", "EU"), ("BR", "SA"), ("US", "NA")])
+def test_star_listed_first_never_outranks_an_exact_country_match_at_equal_latency(
+        country: str, continent: str) -> None:
+    engine = Engine(load_plugins(BUILTINS))
+    star = candidate("star", 0.2)
+    local = candidate("local", 0.2, countries=(country,))
+    ranking = engine.rank(ctx(country=country, continent=continent), [star, local])
+    assert names(ranking) == ["local", "star"]
+    why = {s.name: s.reasons(ctx(country=country), ranking.plugins)["geo_affinity"]
+           for s in ranking.order}
+    assert why["local"] == f"lists {country}, the client's country"
+    assert why["star"].startswith("'*' (near everyone)")
+
+
+def test_geo_affinity_refuses_options_that_put_star_before_the_clients_country() -> None:
+    with pytest.raises(PluginError, match="same_country must be below anywhere"):
+        load_plugins([{"geo_affinity": {"anywhere": 1.0}}])
+    assert load_plugins([{"geo_affinity": {"anywhere": 2.0, "same_continent": 1.5}}])
 
 
 def test_ties_are_broken_by_config_order_deterministically() -> None:
