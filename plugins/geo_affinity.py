@@ -69,7 +69,7 @@ class GeoAffinity(Plugin):
         if country in countries:
             return f"lists {country}, the client's country"
         if "*" in countries:
-            return f"'*' (near everyone), after an upstream listing {country}"
+            return f"'*' (near everyone): after any upstream that lists {country}"
         continent = ctx.continent or continent_of(country)
         if continent is not None and continent in self._continents_of(countries):
             return f"lists {', '.join(countries)}: same continent ({continent})"
