@@ -55,10 +55,12 @@ def _file_identity(path: str) -> tuple[int, int, int, int] | None:
 class Reloader:
     """Loads routes.yaml again on demand and hands a valid config to the edge."""
 
-    def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object]):
+    def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object],
+                 rejected: Callable[[], None] = lambda: None):
         self._path = path
         self._load = load
         self._apply = apply
+        self._rejected = rejected      # counts an invalid file (the edge counts ok and error)
         self._lock = asyncio.Lock()
         self._seen = _file_identity(path)
 
@@ -67,14 +69,17 @@ class Reloader:
             self._seen = _file_identity(self._path)
             try:
                 config = self._load(self._path)
-                await self._apply(config)  # type: ignore[misc]
             except ConfigError as exc:
+                self._rejected()
                 log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
                           reason=reason, path=self._path, errors=exc.errors)
                 return False
-            except Exception as exc:
+            try:
+                await self._apply(config)  # type: ignore[misc]
+            except Exception as exc:   # valid, but e.g. admin.token_env's variable is unset
+                error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
-                          reason=reason, path=self._path, error=f"{type(exc).__name__}: {exc}")
+                          reason=reason, path=self._path, error=error)
                 return False
             log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
             return True
@@ -110,7 +115,8 @@ async def serve(config: Config, options: ServeOptions,
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[object]] = []
     if options.config_path and load is not None:
-        reloader = Reloader(options.config_path, load, edge.reload)
+        reloader = Reloader(options.config_path, load, edge.reload,
+                            lambda: edge.metrics.record_reload("rejected"))
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: tasks.append(asyncio.ensure_future(reloader.reload("SIGHUP"))))
         if options.watch_interval > 0:
