@@ -137,13 +137,13 @@ async def serve(config: Config, options: ServeOptions,
                 load: Callable[[str], Config] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded).
 
-    Raises StartupError when the edge cannot start (port taken, cache not writable).
+    Raises StartupError when the edge cannot start (port taken, cache not writable, ...).
     """
     from router.app import EDGE, build_app, install_thin_path
 
     try:
         app = build_app(config)
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:   # the cache directory; admin.token_env's variable
         raise StartupError(f"cannot start: {exc}") from None
     edge = app[EDGE]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,

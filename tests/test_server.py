@@ -197,3 +197,16 @@ def test_a_cache_that_cannot_be_created_stops_start_up_without_restarts(
     assert 1 <= len(failures) <= int(workers), result.stderr   # at most one line per worker
     assert "Not a directory" in failures[0]
     assert time.monotonic() - started < 20                     # no restart loop
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unset_admin_token_variable_stops_start_up_without_a_traceback(
+        tmp_path: Path, refused_url: str, workers: str) -> None:
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump(config_for(refused_url) | {
+        "cache": {"dir": str(tmp_path / "cache"), "max_size": "10MB"},
+        "admin": {"token_env": "SERVE_TEST_UNSET_ADMIN_TOKEN"}}))
+    result = serve_once(config, "--listen", f"127.0.0.1:{free_port()}", "--workers", workers)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "restarting" not in result.stderr
+    assert "SERVE_TEST_UNSET_ADMIN_TOKEN is not set" in result.stderr
