@@ -125,7 +125,10 @@ def _admin_token(args: argparse.Namespace) -> tuple[str | None, str]:
         return args.token.strip(), "--token"
     if args.config == DEFAULT_CONFIG and not os.path.exists(args.config):
         return None, f"no --token, and no {DEFAULT_CONFIG} here to name admin.token_env"
-    variable = load_config(args.config).admin.token_env
+    try:           # only needed if the server asks: a config that fails to load is a reason
+        variable = load_config(args.config).admin.token_env
+    except ConfigError as exc:
+        return None, f"no --token, and {args.config} did not load: {exc.errors[0]}"
     if not variable:
         return None, f"no --token, and {args.config} sets no admin.token_env"
     token = os.environ.get(variable, "").strip()
@@ -140,11 +143,7 @@ def _explain_remote(args: argparse.Namespace) -> int:
     import urllib.parse
     import urllib.request
 
-    try:
-        token, source = _admin_token(args)
-    except ConfigError as exc:
-        print(f"goproxy-router: reading the admin token: {exc}", file=sys.stderr)
-        return 1
+    token, source = _admin_token(args)
     query = {"module": args.module} | ({"client_ip": args.client_ip} if args.client_ip else {})
     url = args.server.rstrip("/") + "/_router/explain?" + urllib.parse.urlencode(query)
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -111,6 +111,8 @@ def test_explain_server_sends_the_admin_token(
             "no --token, and no routes.yaml here")
     refused(explain("example.com/lib", "--server", router.url, "--config", config),
             "$EXPLAIN_ADMIN_TOKEN (admin.token_env in")
+    refused(explain("example.com/lib", "--server", router.url, "--config", str(nowhere / "x.yaml")),
+            "x.yaml did not load: ")
     refused(explain("example.com/lib", "--server", router.url, "--token", "wrong", cwd=nowhere),
             "the token from --token was refused")
     served(explain("example.com/lib", "--server", router.url, "--config", config,
