@@ -190,7 +190,7 @@ class Edge:
             new = self._state(config)
             admin = AdminPolicy.from_config(config, self.env)
         except Exception:
-            self.metrics.reloads.labels("error").inc()
+            self.metrics.record_reload("error")
             raise
         old, self.state, self.admin = self.state, new, admin
         self.hits.clear()              # the new routes may send the same paths elsewhere
@@ -203,7 +203,7 @@ class Edge:
         new.prober.start()
         await old.prober.stop()
         old.geo.close()
-        self.metrics.reloads.labels("ok").inc()
+        self.metrics.record_reload("ok")
         log_event(errors_log, logging.INFO, "config reloaded",
                   routes=[r.name for r in config.routes])
 

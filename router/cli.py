@@ -13,6 +13,9 @@ from router.logs import setup_logging
 from router.routes import RouteTable
 from router.scoring import PluginError, load_plugins
 
+DEFAULT_CONFIG = "routes.yaml"
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
 
 def _load(path: str) -> Config:
     """Load and fully check a config, including what only the environment can tell."""
@@ -29,7 +32,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from router.compat import CompatError, verify
-    from router.server import ServeOptions, run_workers, serve
+    from router.server import ServeOptions, StartupError, check_listen, run_workers, serve
 
     try:
         verify()
@@ -47,9 +50,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     options = ServeOptions(host, port, args.shutdown_timeout, args.config, args.watch_interval,
                            reuse_port=args.workers > 1)
-    if args.workers == 1:
-        uvloop.run(serve(config, options, _load))
-        return 0
+    try:
+        if args.workers == 1:
+            uvloop.run(serve(config, options, _load))
+            return 0
+        check_listen(host, port)
+    except StartupError as exc:
+        print(f"goproxy-router: {exc}", file=sys.stderr)
+        return 1
     return run_workers(args.workers, lambda: uvloop.run(serve(config, options, _load)))
 
 
@@ -115,20 +123,49 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_token(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The admin token to send (--token, else admin.token_env of --config), and where it came from."""
+    import os
+
+    if args.token:
+        return args.token.strip(), "--token"
+    if args.config == DEFAULT_CONFIG and not os.path.exists(args.config):
+        return None, f"no --token, and no {DEFAULT_CONFIG} here to name admin.token_env"
+    try:           # only needed if the server asks: a config that fails to load is a reason
+        variable = load_config(args.config).admin.token_env
+    except ConfigError as exc:
+        return None, f"no --token, and {args.config} did not load: {exc.errors[0]}"
+    if not variable:
+        return None, f"no --token, and {args.config} sets no admin.token_env"
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        return None, f"no --token, and ${variable} (admin.token_env in {args.config}) is not set"
+    return token, f"${variable} (admin.token_env in {args.config})"
+
+
 def _explain_remote(args: argparse.Namespace) -> int:
     import json
     import urllib.error
     import urllib.parse
     import urllib.request
 
+    token, source = _admin_token(args)
     query = {"module": args.module} | ({"client_ip": args.client_ip} if args.client_ip else {})
     url = args.server.rstrip("/") + "/_router/explain?" + urllib.parse.urlencode(query)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=10) as response:
             report = json.load(response)
     except urllib.error.HTTPError as exc:
-        print(f"goproxy-router: {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}",
-              file=sys.stderr)
+        if exc.code in (401, 403):
+            sent = f"the token from {source} was refused" if token else source
+            print(f"goproxy-router: {url}: HTTP {exc.code}: the server wants the admin token "
+                  f"({sent}); pass --token TOKEN, or --config with the server's routes.yaml and "
+                  "its admin.token_env variable set", file=sys.stderr)
+        else:
+            print(f"goproxy-router: {url}: HTTP {exc.code}: {exc.read().decode(errors='replace')}",
+                  file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
         print(f"goproxy-router: {url}: {exc}", file=sys.stderr)
@@ -170,18 +207,40 @@ def _print_explain(report: dict[str, Any], as_json: bool, live: bool) -> None:
             print(f"  {name.ljust(width)}  {plugin}: {text}")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Says each option's default, unless its help already does or there is none to say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text, default = action.help or "", action.default
+        if (not action.option_strings or "default" in text or text == argparse.SUPPRESS
+                or any(default is nothing for nothing in (None, False, argparse.SUPPRESS))):
+            return action.help
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    formatter = _HelpFormatter
+    # --log-level goes before or after the subcommand; SUPPRESS keeps a subcommand
+    # from resetting a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                        help="log threshold (default: info)")
     parser = argparse.ArgumentParser(
-        prog="goproxy-router",
+        prog="goproxy-router", formatter_class=formatter,
         description="A GeoIP-aware, failover-routing reverse proxy for Go modules.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log threshold")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve_cmd = commands.add_parser("serve", help="serve the GOPROXY protocol")
-    serve_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
-    serve_cmd.add_argument("--listen", help="HOST:PORT (overrides listen: in the config)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, parents=[common],
+                                  formatter_class=formatter)
+        sub.add_argument("--config", default=DEFAULT_CONFIG, help="routes.yaml path")
+        return sub
+
+    serve_cmd = command("serve", "serve the GOPROXY protocol")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (default: listen: in the config)")
     serve_cmd.add_argument("--shutdown-timeout", type=float, default=30.0,
                            help="seconds in-flight downloads may take after SIGTERM")
     serve_cmd.add_argument("--workers", type=int, default=1,
@@ -191,24 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(0: reload only on SIGHUP)")
     serve_cmd.set_defaults(run=_cmd_serve)
 
-    validate_cmd = commands.add_parser("validate", help="check a routes.yaml and exit 0 or 1")
-    validate_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    validate_cmd = command("validate", "check a routes.yaml and exit 0 or 1")
     validate_cmd.set_defaults(run=_cmd_validate)
 
-    check_cmd = commands.add_parser("check", help="probe every upstream and checksum database; "
-                                                   "exit 1 if a route has no working upstream")
-    check_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    check_cmd = command("check", "probe every upstream and checksum database; "
+                                 "exit 1 if a route has no working upstream")
     check_cmd.add_argument("--timeout", type=float, default=5.0,
-                           help="seconds allowed for each target, all phases together (default 5)")
+                           help="seconds allowed for each target, all phases together")
     check_cmd.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     check_cmd.set_defaults(run=_cmd_check)
 
-    explain_cmd = commands.add_parser("explain", help="why each upstream ranks where it does")
-    explain_cmd.add_argument("--config", default="routes.yaml", help="routes.yaml path")
+    explain_cmd = command("explain", "why each upstream ranks where it does")
     explain_cmd.add_argument("module", help="module path, e.g. golang.org/x/mod")
-    explain_cmd.add_argument("--client-ip", help="rank as for a client at this address")
+    explain_cmd.add_argument("--client-ip", help="rank as for a client at this address "
+                                                 "(default: unknown)")
     explain_cmd.add_argument("--server", help="ask a running router (its live stats), e.g. "
-                                              "http://127.0.0.1:8080")
+                                              "http://127.0.0.1:8080 (default: explain locally)")
+    explain_cmd.add_argument("--token", help="with --server: the admin Bearer token (default: the "
+                                             "variable named by admin.token_env in --config)")
     explain_cmd.add_argument("--json", action="store_true", help="print JSON")
     explain_cmd.set_defaults(run=_cmd_explain)
     return parser

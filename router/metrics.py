@@ -9,11 +9,12 @@ collector rather than pushed on every change.
 
 from __future__ import annotations
 
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,6 +22,8 @@ from router.forward import AttemptObserver
 from router.stats import BreakerState, StatsRegistry
 
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+RELOAD_RESULTS = ("ok", "rejected", "error")   # rejected: the file is invalid; error: it
+                                                # validated but could not be applied
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -46,9 +49,26 @@ class Metrics:
                               registry=r)
         self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
                                ["result"], registry=r)
+        for result in RELOAD_RESULTS:     # every series exists at 0, so an alert can see it rise
+            self.reloads.labels(result)
+        # Prometheus' own convention for "is the running config the file on disk?".
+        self.reload_ok = Gauge("goproxy_config_last_reload_successful",
+                               "1 if the last config (re)load succeeded, 0 if it failed.",
+                               registry=r)
+        self.reload_time = Gauge("goproxy_config_last_reload_success_timestamp_seconds",
+                                 "Unix time of the last successful config (re)load.", registry=r)
+        self.reload_ok.set(1)             # the config loaded at start-up
+        self.reload_time.set(time.time())
         # Requests answered on the thin path (router/hits.py), by their goproxy_requests
         # labels: a plain dict increment per hit, folded into the counter at scrape time.
         self.pending_requests: Tally[tuple[str, str, str, str]] = Tally()
+
+    def record_reload(self, result: str) -> None:
+        """Count a reload (one of RELOAD_RESULTS) and set the last-reload gauges."""
+        self.reloads.labels(result).inc()
+        self.reload_ok.set(1 if result == "ok" else 0)
+        if result == "ok":
+            self.reload_time.set(time.time())
 
     def attach(self, live: LiveCollector) -> None:
         self.registry.register(live)

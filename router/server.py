@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +34,45 @@ from router.logs import log_event
 log = logging.getLogger("router.server")
 
 RESTART_BACKOFF = (1.0, 30.0)      # seconds between restarts of a crashing worker, growing
+EXIT_STARTUP = 3                   # a worker could not start: restarting it would not help
+HINTS = {errno.EADDRINUSE: " (another process listens there)",
+         errno.EACCES: " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+         errno.EADDRNOTAVAIL: " (no interface of this machine has that address)"}
+
+
+class StartupError(Exception):
+    """The edge cannot start (e.g. its port is taken): one line for the operator, no traceback."""
+
+
+def listen_error(host: str, port: int, exc: OSError) -> StartupError:
+    """`cannot listen on HOST:PORT: address already in use` from whatever bind() raised."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        reason = f"cannot resolve {host!r}: {exc.strerror}"
+    elif exc.errno:
+        reason = os.strerror(exc.errno).lower() + HINTS.get(exc.errno, "")
+    else:
+        reason = str(exc)
+    return StartupError(f"cannot listen on {where}: {reason}")
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind HOST:PORT once as the workers will (SO_REUSEPORT), then let go.
+
+    The supervisor does this before forking, so a taken port is one clear
+    error rather than N workers failing at once.
+    """
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise listen_error(host, port, exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +96,12 @@ def _file_identity(path: str) -> tuple[int, int, int, int] | None:
 class Reloader:
     """Loads routes.yaml again on demand and hands a valid config to the edge."""
 
-    def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object]):
+    def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object],
+                 rejected: Callable[[], None] = lambda: None):
         self._path = path
         self._load = load
         self._apply = apply
+        self._rejected = rejected      # counts an invalid file (the edge counts ok and error)
         self._lock = asyncio.Lock()
         self._seen = _file_identity(path)
 
@@ -67,14 +110,17 @@ class Reloader:
             self._seen = _file_identity(self._path)
             try:
                 config = self._load(self._path)
-                await self._apply(config)  # type: ignore[misc]
             except ConfigError as exc:
+                self._rejected()
                 log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
                           reason=reason, path=self._path, errors=exc.errors)
                 return False
-            except Exception as exc:
+            try:
+                await self._apply(config)  # type: ignore[misc]
+            except Exception as exc:   # valid, but e.g. admin.token_env's variable is unset
+                error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
-                          reason=reason, path=self._path, error=f"{type(exc).__name__}: {exc}")
+                          reason=reason, path=self._path, error=error)
                 return False
             log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
             return True
@@ -89,10 +135,16 @@ class Reloader:
 
 async def serve(config: Config, options: ServeOptions,
                 load: Callable[[str], Config] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded)."""
+    """Serve until SIGTERM/SIGINT, then let in-flight downloads finish (bounded).
+
+    Raises StartupError when the edge cannot start (port taken, cache not writable, ...).
+    """
     from router.app import EDGE, build_app, install_thin_path
 
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except (OSError, ConfigError) as exc:   # the cache directory; admin.token_env's variable
+        raise StartupError(f"cannot start: {exc}") from None
     edge = app[EDGE]
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=options.shutdown_timeout)
@@ -101,7 +153,11 @@ async def serve(config: Config, options: ServeOptions,
     install_thin_path(app, runner.server)
     site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True,
                        reuse_port=options.reuse_port or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(options.host, options.port, exc) from None
     log_event(log, logging.INFO, "listening", host=options.host, port=options.port,
               version=__version__, pid=os.getpid(), routes=[r.name for r in config.routes])
     stop = asyncio.Event()
@@ -110,7 +166,8 @@ async def serve(config: Config, options: ServeOptions,
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[object]] = []
     if options.config_path and load is not None:
-        reloader = Reloader(options.config_path, load, edge.reload)
+        reloader = Reloader(options.config_path, load, edge.reload,
+                            lambda: edge.metrics.record_reload("rejected"))
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: tasks.append(asyncio.ensure_future(reloader.reload("SIGHUP"))))
         if options.watch_interval > 0:
@@ -142,6 +199,9 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
             code = 0
             try:
                 start_worker()
+            except StartupError as exc:
+                print(f"goproxy-router: {exc}", file=sys.stderr)
+                code = EXIT_STARTUP
             except BaseException:            # a crash must not fall into the supervisor's loop
                 logging.getLogger("router.server").exception("worker crashed")
                 code = 1
@@ -178,6 +238,10 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
         if slot is None:
             continue
         code = os.waitstatus_to_exitcode(wait_status)
+        if code == EXIT_STARTUP and not stopping:     # it said why; a restart would fail alike
+            status = 1
+            forward(signal.SIGTERM, None)
+            continue
         if stopping:
             status = status or (code if code > 0 else 0)
             continue

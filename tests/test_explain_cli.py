@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, RouterProcess
 from tests.support.mmdb import write_country_db
 
 
@@ -33,9 +36,13 @@ def write_config(tmp_path: Path) -> Path:
     return path
 
 
-def explain(*args: str) -> subprocess.CompletedProcess[str]:
+def explain(*args: str, env: Mapping[str, str] | None = None,
+            cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    """`goproxy-router explain ARGS` with `env` added; run from `cwd` (the repo: its routes.yaml)."""
+    path = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    full_env = dict(os.environ) | {"PYTHONPATH": path} | dict(env or {})
     return subprocess.run([sys.executable, "-m", "router.cli", "explain", *args],
-                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=cwd, env=full_env)
 
 
 def test_explain_table_for_a_chinese_client(tmp_path: Path) -> None:
@@ -98,3 +105,42 @@ def test_explain_errors(tmp_path: Path) -> None:
     bad_ip = explain("--config", str(config), "example.com/x", "--client-ip", "nope")
     assert bad_ip.returncode == 2 and "not an IP address" in bad_ip.stderr
     assert "Traceback" not in bad_module.stderr + bad_ip.stderr
+
+
+def test_explain_server_sends_the_admin_token(
+        router_process: Callable[..., RouterProcess], refused_url: str, tmp_path: Path) -> None:
+    token = "adm-" + secrets.token_hex(16)
+    router = router_process({
+        "upstreams": {"up": {"url": refused_url}},
+        "routes": [{"name": "public", "match": ["*"], "upstreams": ["up"]}],
+        "probes": {"enabled": False},
+        "admin": {"cidrs": ["10.0.0.0/8"], "token_env": "EXPLAIN_ADMIN_TOKEN"},
+    }, env={"EXPLAIN_ADMIN_TOKEN": token})
+    config = str(router.config_path)
+    nowhere = tmp_path / "empty"                 # no routes.yaml to read a token_env from
+    nowhere.mkdir()
+
+    def refused(result: subprocess.CompletedProcess[str], why: str) -> None:
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr.count("\n") == 1, result.stderr       # one line, no traceback
+        assert "HTTP 403: the server wants the admin token" in result.stderr
+        assert why in result.stderr and "--token" in result.stderr
+        assert token not in result.stderr
+
+    def served(result: subprocess.CompletedProcess[str]) -> None:
+        assert result.returncode == 0, result.stderr
+        assert "route:   public" in result.stdout
+        assert [line.split()[1] for line in result.stdout.splitlines()
+                if line[:1].isdigit()] == ["up"]
+
+    refused(explain("example.com/lib", "--server", router.url, cwd=nowhere),
+            "no --token, and no routes.yaml here")
+    refused(explain("example.com/lib", "--server", router.url, "--config", config),
+            "$EXPLAIN_ADMIN_TOKEN (admin.token_env in")
+    refused(explain("example.com/lib", "--server", router.url, "--config", str(nowhere / "x.yaml")),
+            "x.yaml did not load: ")
+    refused(explain("example.com/lib", "--server", router.url, "--token", "wrong", cwd=nowhere),
+            "the token from --token was refused")
+    served(explain("example.com/lib", "--server", router.url, "--config", config,
+                   env={"EXPLAIN_ADMIN_TOKEN": token}))
+    served(explain("example.com/lib", "--server", router.url, "--token", token, cwd=nowhere))

@@ -18,6 +18,7 @@ import yaml
 
 from tests.conftest import RouterProcess
 from tests.support import Module, ModuleTree, ThreadedFakeProxy
+from tests.test_operations import parse_metrics, value
 
 MOD = Module("example.com/lib", "v1.0.0")
 LATEST = "/example.com/lib/@latest"
@@ -150,3 +151,50 @@ def test_two_workers_share_the_port_and_the_cache(
     assert not list(cache.rglob(".tmp-*"))
     router.stop()
     assert router.proc.returncode == 0
+
+
+def test_a_rejected_reload_is_counted_and_the_old_config_keeps_serving(
+        router_process: Callable[..., RouterProcess],
+        threaded_fake_proxy: Callable[..., ThreadedFakeProxy], tmp_path: Path) -> None:
+    one = threaded_fake_proxy(ModuleTree([MOD]), name="one")
+    router = router_process(config_for({"one": one.url}, ["one"], tmp_path / "cache"),
+                            extra_args=["--watch-interval", "0"])    # SIGHUP only
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(router.url + "/metrics", timeout=5) as response:
+            samples = parse_metrics(response.read().decode())
+        reloads = {result: value(samples, "goproxy_config_reloads_total", result=result)
+                   for result in ("ok", "rejected", "error")}
+        return {**{k: v for k, v in reloads.items() if v is not None},
+                "successful": samples["goproxy_config_last_reload_successful"][()],
+                "at": samples["goproxy_config_last_reload_success_timestamp_seconds"][()]}
+
+    def sighup_and_wait(event: str) -> None:
+        seen = router.stderr().count(event)
+        router.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while router.stderr().count(event) == seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert router.stderr().count(event) == seen + 1, router.stderr()[-2000:]
+
+    started = scrape()
+    # Every result exists from the start at 0, so `increase(...{result="rejected"}[5m]) > 0` works.
+    assert {k: started[k] for k in ("ok", "rejected", "error")} == \
+        {"ok": 0, "rejected": 0, "error": 0}
+    assert started["successful"] == 1 and started["at"] > 0
+    router.config_path.write_text("upstreams: {}\nroutes: [{name: r, match: ['*'], "
+                                  "upstreams: [gone]}]\n")
+    sighup_and_wait('"event":"reload rejected; the old config keeps serving"')
+    rejected = scrape()
+    assert (rejected["rejected"], rejected["ok"], rejected["error"]) == (1, 0, 0)
+    assert rejected["successful"] == 0 and rejected["at"] == started["at"]
+    with urllib.request.urlopen(router.url + LATEST, timeout=10) as response:   # the old config
+        assert response.headers["X-Goproxy-Upstream"] == "one"
+        assert json.loads(response.read())["Version"] == "v1.0.0"
+    # A good file again: ok counted, the gauges recover.
+    router.config_path.write_text(yaml.safe_dump(config_for({"one": one.url}, ["one"],
+                                                            tmp_path / "cache")))
+    sighup_and_wait('"event":"reloaded"')
+    fixed = scrape()
+    assert (fixed["rejected"], fixed["ok"], fixed["error"]) == (1, 1, 0)
+    assert fixed["successful"] == 1 and fixed["at"] >= started["at"]
