@@ -29,13 +29,13 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from router.patterns import PatternError, validate_glob
+from router.protocol import sumdb_name_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Loc = tuple[str | int, ...]
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -285,8 +285,9 @@ class SumDB(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _HOSTNAME.match(value):
-            raise ValueError(f"{value!r} is not a checksum database name such as sum.golang.org")
+        """host[/path], the go command's rule (see protocol.sumdb_name_problem)."""
+        if (problem := sumdb_name_problem(value)) is not None:
+            raise ValueError(f"{value!r} is not a checksum database name: {problem}")
         return value
 
     @field_validator("key")
