@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -419,11 +420,12 @@ class _Document:
     def error(self, loc: Loc, message: str) -> str:
         line = self.line_of(loc)
         where = f"{self.source}:{line}" if line else self.source
-        key = _format_loc(loc)
+        key = format_loc(loc)
         return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
-def _format_loc(loc: Loc) -> str:
+def format_loc(loc: Loc) -> str:
+    """("routes", 0, "upstreams", 1) -> "routes[0].upstreams[1]"."""
     text = ""
     for part in loc:
         if isinstance(part, int):
@@ -447,7 +449,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                     if name not in env:
                         line = n.start_mark.line + 1
                         errors.append(
-                            f"{doc.source}:{line}: {_format_loc(loc)}: "
+                            f"{doc.source}:{line}: {format_loc(loc)}: "
                             f"environment variable {name} is not set"
                         )
                         return ""
@@ -459,7 +461,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                 name = key.value if isinstance(key, ScalarNode) else "?"
                 if name in seen and name != "<<":
                     errors.append(f"{doc.source}:{key.start_mark.line + 1}: "
-                                  f"{_format_loc(loc + (name,))}: key appears twice")
+                                  f"{format_loc(loc + (name,))}: key appears twice")
                 seen.add(name)
                 walk(value, loc + (name,))
         elif isinstance(n, SequenceNode):
@@ -471,8 +473,9 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
     return errors
 
 
-def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
-    errors = []
+def validation_problems(exc: ValidationError) -> list[tuple[Loc, str]]:
+    """Each pydantic error as (location, short message), in routes.yaml's words."""
+    problems = []
     for err in exc.errors(include_url=False):
         # Drop union-branch markers such as "str" or "dict[str,...]" from the location.
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or "[" not in str(p))
@@ -481,8 +484,12 @@ def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
             message = "unknown key"
         elif err["type"] == "missing":
             message = "required key is missing"
-        errors.append(doc.error(loc, message))
-    return errors
+        problems.append((loc, message))
+    return problems
+
+
+def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
+    return [doc.error(loc, message) for loc, message in validation_problems(exc)]
 
 
 def _cross_check(config: Config, doc: _Document) -> list[str]:
@@ -511,9 +518,19 @@ def _cross_check(config: Config, doc: _Document) -> list[str]:
     return errors
 
 
-def parse_config(text: str, source: str = "routes.yaml",
-                 env: Mapping[str, str] | None = None) -> Config:
-    """Parse routes.yaml text; raise ConfigError listing every problem found."""
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A valid config and the YAML it came from, so later checks (plugins) can name a line."""
+
+    config: Config
+    document: _Document
+
+    def error(self, loc: Loc, message: str) -> str:
+        """The "file:line: key: message" of the key at `loc`, as parse_config reports."""
+        return self.document.error(loc, message)
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None) -> LoadedConfig:
     env = os.environ if env is None else env
     try:
         loader = yaml.SafeLoader(text)
@@ -540,14 +557,25 @@ def parse_config(text: str, source: str = "routes.yaml",
     errors = _cross_check(config, doc)
     if errors:
         raise ConfigError(errors)
-    return config
+    return LoadedConfig(config, doc)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a routes.yaml file."""
+def parse_config(text: str, source: str = "routes.yaml",
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Parse routes.yaml text; raise ConfigError listing every problem found."""
+    return _parse(text, source, env).config
+
+
+def read_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and validate a routes.yaml file, keeping its YAML for line numbers."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{file}: cannot read: {exc}"]) from None
-    return parse_config(text, str(file), env)
+    return _parse(text, str(file), env)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a routes.yaml file."""
+    return read_config(path, env).config
