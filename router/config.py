@@ -331,11 +331,28 @@ class Probes(_Strict):
     timeout: Annotated[float, Field(gt=0)] = 3.0
 
 
+DEFAULT_CACHE_MAX_SIZE = 10 * 10**9     # 10GB: a disk cache is bounded unless asked otherwise
+
+
+def _max_size(value: Any) -> int | None:
+    """A size, or "unlimited" (None) said in so many words: an unbounded cache fills the disk."""
+    if isinstance(value, str) and value.strip().lower() == "unlimited":
+        return None
+    if value is None:
+        raise ValueError("give a size such as 10GB, or 'unlimited' for no limit (not recommended)")
+    return parse_size(value)
+
+
 class Cache(_Strict):
-    """Immutable artifacts on disk (Go's download-cache layout); metadata in memory."""
+    """Immutable artifacts on disk (Go's download-cache layout); metadata in memory.
+
+    A relative `dir` is resolved against the directory of routes.yaml (see
+    read_config), not the process's working directory, so the cache does not
+    move with wherever the service happened to be started.
+    """
 
     dir: str = "./cache"
-    max_size: ByteSize | None = None                        # e.g. 20GB; none = unbounded
+    max_size: Annotated[int | None, BeforeValidator(_max_size)] = DEFAULT_CACHE_MAX_SIZE
     memory: ByteSize = 64 * 2**20                           # small .info/.mod kept in memory
     # Cached files are copied through 1 MiB buffers (up to this much memory) while one is
     # free, as nginx's `sendfile off` does, else sent with sendfile: copying is faster per
@@ -530,7 +547,8 @@ class LoadedConfig:
         return self.document.error(loc, message)
 
 
-def _parse(text: str, source: str, env: Mapping[str, str] | None) -> LoadedConfig:
+def _parse(text: str, source: str, env: Mapping[str, str] | None,
+           base_dir: Path | None) -> LoadedConfig:
     env = os.environ if env is None else env
     try:
         loader = yaml.SafeLoader(text)
@@ -557,23 +575,34 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None) -> LoadedConfi
     errors = _cross_check(config, doc)
     if errors:
         raise ConfigError(errors)
+    if base_dir is not None and not os.path.isabs(config.cache.dir):
+        cache = config.cache.model_copy(
+            update={"dir": os.path.normpath(os.path.join(base_dir, config.cache.dir))})
+        config = config.model_copy(update={"cache": cache})
     return LoadedConfig(config, doc)
 
 
 def parse_config(text: str, source: str = "routes.yaml",
-                 env: Mapping[str, str] | None = None) -> Config:
-    """Parse routes.yaml text; raise ConfigError listing every problem found."""
-    return _parse(text, source, env).config
+                 env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """Parse routes.yaml text; raise ConfigError listing every problem found.
+
+    A relative cache.dir is resolved against `base_dir` when given, else
+    left relative (to the working directory).
+    """
+    return _parse(text, source, env, base_dir).config
 
 
 def read_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read and validate a routes.yaml file, keeping its YAML for line numbers."""
+    """Read and validate a routes.yaml file, keeping its YAML for line numbers.
+
+    A relative cache.dir is taken relative to the file's own directory.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{file}: cannot read: {exc}"]) from None
-    return _parse(text, str(file), env)
+    return _parse(text, str(file), env, file.absolute().parent)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

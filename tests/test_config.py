@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config, parse_size
+from router.config import DEFAULT_CACHE_MAX_SIZE, ConfigError, load_config, parse_config, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -299,6 +299,46 @@ def test_validate_accepts_localhost_and_a_name_with_a_path(tmp_path: Path) -> No
     result = run_cli("validate", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "3 checksum databases" in result.stdout
+
+
+# -- cache: bounded by default, next to routes.yaml ---------------------------------------
+
+MINIMAL = """\
+upstreams:
+  a: {url: "https://a.example"}
+routes:
+  - {name: r, match: ["*"], upstreams: [a]}
+"""
+
+
+def test_the_disk_cache_is_bounded_by_default() -> None:
+    assert parse_config(MINIMAL, "routes.yaml", {}).cache.max_size == DEFAULT_CACHE_MAX_SIZE == 10**10
+    shipped = load_config(REPO / "routes.yaml", env={}).cache
+    assert shipped.max_size is not None and shipped.max_size <= DEFAULT_CACHE_MAX_SIZE
+
+
+def test_an_unbounded_cache_must_be_asked_for_by_name() -> None:
+    config = parse_config(MINIMAL + "cache: {max_size: unlimited}\n", "routes.yaml", {})
+    assert config.cache.max_size is None
+    [error] = errors_of(MINIMAL + "cache:\n  max_size: null\n")
+    assert error.startswith("routes.yaml:6: cache.max_size: give a size such as 10GB, "
+                            "or 'unlimited'")
+
+
+def test_a_relative_cache_dir_is_next_to_routes_yaml(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc" / "goproxy"
+    etc.mkdir(parents=True)
+    (etc / "routes.yaml").write_text(MINIMAL)
+    (etc / "other.yaml").write_text(MINIMAL + "cache: {dir: ../var/cache}\n")
+    (etc / "abs.yaml").write_text(MINIMAL + f"cache: {{dir: {tmp_path / 'abs'}}}\n")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    relative = Path("..", "..", "etc", "goproxy")
+    assert load_config(relative / "routes.yaml", env={}).cache.dir == str(etc / "cache")
+    assert load_config(relative / "other.yaml", env={}).cache.dir == str(etc.parent / "var" / "cache")
+    assert load_config(relative / "abs.yaml", env={}).cache.dir == str(tmp_path / "abs")
 
 
 # -- plugin options, checked by `validate` with file:line -----------------------------------
