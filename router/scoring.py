@@ -381,6 +381,8 @@ def _option_problems(cls: type[Plugin], options: dict[str, Any],
                      upstream_names: set[str] | None) -> tuple[BaseModel | None, list[tuple[Loc, str]]]:
     """Validate `options` against cls.Options: the instance, or where each problem is."""
     model = cls.Options
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None, [((), "its Options is not a pydantic BaseModel subclass")]
     fields = {field.alias or key for key, field in model.model_fields.items()} | set(model.model_fields)
     takes = f"{cls.name} takes {', '.join(sorted(model.model_fields)) or 'no options'}"
     problems: list[tuple[Loc, str]] = []
@@ -425,7 +427,9 @@ def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
             problems.append(PluginProblem(index, name, str(exc)))
             continue
         validated, bad = _option_problems(cls, options, upstream_names)
-        problems += [PluginProblem(index, name, message, loc) for loc, message in bad]
+        problems += [PluginProblem(index, name, message, loc) if loc else
+                     PluginProblem(index, name, f"plugin {name!r}: bad options: {message}")
+                     for loc, message in bad]
         if validated is None:
             continue
         try:
@@ -434,7 +438,10 @@ def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
             problems.append(PluginProblem(
                 index, name, f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}"))
             continue
-        found = plugin.check(upstream_names) if upstream_names is not None else []
+        try:
+            found = plugin.check(upstream_names) if upstream_names is not None else []
+        except Exception as exc:
+            found = [f"check() raised {type(exc).__name__}: {exc}"]
         problems += [PluginProblem(index, name, f"plugin {name!r}: {p}") for p in found]
         plugins.append(plugin)
     if problems:

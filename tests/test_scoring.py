@@ -240,6 +240,41 @@ def test_every_plugin_problem_is_reported_with_its_place(tmp_path: Path) -> None
     ]
 
 
+WHOLE_OPTIONS_PLUGIN = textwrap.dedent('''\
+    from pydantic import model_validator
+    from router.scoring import Plugin, PluginOptions
+
+    class Options(PluginOptions):
+        low: float = 1.0
+        high: float = 2.0
+
+        @model_validator(mode="after")
+        def _ordered(self):
+            if self.low > self.high:
+                raise ValueError("low must not exceed high")
+            return self
+
+    class Band(Plugin):
+        name = "band"
+        Options = Options
+
+    class NotAModel(Plugin):
+        name = "not_a_model"
+        Options = dict
+    ''')
+
+
+def test_problems_of_the_options_as_a_whole_are_reported_at_the_plugin(tmp_path: Path) -> None:
+    (tmp_path / "band.py").write_text(WHOLE_OPTIONS_PLUGIN)
+    (tmp_path / "not_a_model.py").write_text(WHOLE_OPTIONS_PLUGIN)
+    with pytest.raises(PluginError) as info:
+        load_plugins([{"band": {"low": 3}}, "not_a_model"], [str(tmp_path)])
+    assert [(p.loc, p.message) for p in info.value.problems] == [
+        ((0,), "plugin 'band': bad options: low must not exceed high"),
+        ((1,), "plugin 'not_a_model': bad options: its Options is not a pydantic BaseModel subclass"),
+    ]
+
+
 UPSTREAM_PLUGIN = textwrap.dedent('''\
     from router.scoring import Plugin, PluginOptions, UpstreamName
 
