@@ -13,9 +13,9 @@ RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/goproxy-route
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY routes.yaml /etc/goproxy-router/routes.yaml
-# The shipped routes.yaml keeps its cache in ./cache; give it a volume.
+# The shipped routes.yaml keeps its cache in ./cache next to itself; give it a volume.
 RUN mkdir -p /var/cache/goproxy-router && chown goproxy /var/cache/goproxy-router \
-    && ln -s /var/cache/goproxy-router /var/lib/goproxy-router/cache
+    && ln -s /var/cache/goproxy-router /etc/goproxy-router/cache
 VOLUME /var/cache/goproxy-router
 WORKDIR /var/lib/goproxy-router
 USER goproxy

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from router.patterns import PatternError, PatternTable, validate_glob
-from router.scoring import Candidate, Plugin, RequestContext, Veto
+from router.scoring import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
 
 
-class PinRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PinRule(PluginOptions):
     match: tuple[str, ...]
-    prefer: tuple[str, ...] = ()
-    avoid: tuple[str, ...] = ()
-    forbid: tuple[str, ...] = ()
+    prefer: tuple[UpstreamName, ...] = ()
+    avoid: tuple[UpstreamName, ...] = ()
+    forbid: tuple[UpstreamName, ...] = ()
 
     @field_validator("match")
     @classmethod
@@ -41,9 +39,7 @@ class PinRule(BaseModel):
         return value
 
 
-class PinOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class PinOptions(PluginOptions):
     rules: tuple[PinRule, ...]
     prefer_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
     avoid_factor: Annotated[float, Field(gt=1)] = 10.0
@@ -62,12 +58,6 @@ class Pin(Plugin):
             (glob, rule) for rule in options.rules for glob in rule.match)
         # The engine scores every upstream of one request in a row: look the rule up once.
         self._last: tuple[RequestContext | None, PinRule | None] = (None, None)
-
-    def check(self, upstream_names: set[str]) -> list[str]:
-        return [f"rule {i}: unknown upstream {name!r}"
-                for i, rule in enumerate(self.opts.rules)
-                for name in (*rule.prefer, *rule.avoid, *rule.forbid)
-                if name not in upstream_names]
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
         if ctx.module is None:

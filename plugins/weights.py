@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from router.scoring import Candidate, Plugin, RequestContext
+from router.scoring import Candidate, Plugin, PluginOptions, RequestContext
 
 
-class WeightsOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class WeightsOptions(PluginOptions):
     priority_step: Annotated[float, Field(gt=1)] = 1000.0
 
 

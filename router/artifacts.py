@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import shutil
 import time
 import zipfile
 from collections import Counter
@@ -73,6 +74,7 @@ class ArtifactCache:
         self.config = config
         self.disk = DiskCache.open(Path(config.dir), config.max_size,
                                    small_cache_bytes=config.memory)
+        warn_about_size(self.disk)
         self.meta: MetadataCache[MetaAnswer] = MetadataCache(
             ttl=config.metadata_ttl, negative_ttl=config.negative_ttl,
             stale_max_age=config.stale_max_age)
@@ -319,3 +321,20 @@ class _PreparedFileResponse(SendfileResponse):
         if self.prepared:
             return None
         return await super().prepare(request)
+
+
+def warn_about_size(disk: DiskCache) -> None:
+    """At startup: say loudly when the cache may fill its disk (unbounded, or bound > free)."""
+    if disk.max_size is None:
+        log_event(log, logging.WARNING,
+                  "cache.max_size is unlimited: the disk cache grows until its disk is full",
+                  dir=str(disk.root), advice="set cache.max_size, e.g. 10GB")
+        return
+    try:
+        free = shutil.disk_usage(disk.root).free
+    except OSError:
+        return
+    if free < disk.max_size - disk.size:
+        log_event(log, logging.WARNING,
+                  "cache.max_size is more than the cache's disk has free",
+                  dir=str(disk.root), max_size=disk.max_size, size=disk.size, free=free)

@@ -106,6 +106,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from cachetools import TTLCache
 
+from router.logs import log_event
 from router.protocol import escape_path, escape_version, is_canonical
 
 __all__ = [
@@ -635,6 +636,8 @@ class DiskCache:
             self.evictions += 1
             self.evicted_bytes += item.entry.size
             doomed.append((key, item.entry.path, item.ino))
+            log_event(log, logging.INFO, "cache eviction", key=key, size=item.entry.size,
+                      reason="max_size", cache_size=self.size, max_size=self.max_size)
         if not doomed:
             return
         if background:

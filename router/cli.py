@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from router import __version__
-from router.config import Config, ConfigError, load_config, parse_listen
+from router.config import Config, ConfigError, parse_listen, read_config
 from router.logs import setup_logging
 from router.routes import RouteTable
 from router.scoring import PluginError, load_plugins
@@ -19,12 +19,14 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 def _load(path: str) -> Config:
     """Load and fully check a config, including what only the environment can tell."""
-    config = load_config(path)
+    loaded = read_config(path)
+    config = loaded.config
     RouteTable(config)  # resolves tokens_env and compiles every pattern
     try:
         load_plugins(config.scoring.plugins, config.scoring.plugin_dirs, set(config.upstreams))
     except PluginError as exc:
-        raise ConfigError([f"{path}: scoring.plugins: {exc}"]) from None
+        raise ConfigError([loaded.error(("scoring", "plugins", *p.loc), p.message)
+                           for p in exc.problems] or [f"{path}: scoring.plugins: {exc}"]) from None
     return config
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,13 +30,13 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from router.patterns import PatternError, validate_glob
+from router.protocol import sumdb_name_problem
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Loc = tuple[str | int, ...]
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -285,8 +286,9 @@ class SumDB(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _HOSTNAME.match(value):
-            raise ValueError(f"{value!r} is not a checksum database name such as sum.golang.org")
+        """host[/path], the go command's rule (see protocol.sumdb_name_problem)."""
+        if (problem := sumdb_name_problem(value)) is not None:
+            raise ValueError(f"{value!r} is not a checksum database name: {problem}")
         return value
 
     @field_validator("key")
@@ -329,11 +331,28 @@ class Probes(_Strict):
     timeout: Annotated[float, Field(gt=0)] = 3.0
 
 
+DEFAULT_CACHE_MAX_SIZE = 10 * 10**9     # 10GB: a disk cache is bounded unless asked otherwise
+
+
+def _max_size(value: Any) -> int | None:
+    """A size, or "unlimited" (None) said in so many words: an unbounded cache fills the disk."""
+    if isinstance(value, str) and value.strip().lower() == "unlimited":
+        return None
+    if value is None:
+        raise ValueError("give a size such as 10GB, or 'unlimited' for no limit (not recommended)")
+    return parse_size(value)
+
+
 class Cache(_Strict):
-    """Immutable artifacts on disk (Go's download-cache layout); metadata in memory."""
+    """Immutable artifacts on disk (Go's download-cache layout); metadata in memory.
+
+    A relative `dir` is resolved against the directory of routes.yaml (see
+    read_config), not the process's working directory, so the cache does not
+    move with wherever the service happened to be started.
+    """
 
     dir: str = "./cache"
-    max_size: ByteSize | None = None                        # e.g. 20GB; none = unbounded
+    max_size: Annotated[int | None, BeforeValidator(_max_size)] = DEFAULT_CACHE_MAX_SIZE
     memory: ByteSize = 64 * 2**20                           # small .info/.mod kept in memory
     # Cached files are copied through 1 MiB buffers (up to this much memory) while one is
     # free, as nginx's `sendfile off` does, else sent with sendfile: copying is faster per
@@ -418,11 +437,12 @@ class _Document:
     def error(self, loc: Loc, message: str) -> str:
         line = self.line_of(loc)
         where = f"{self.source}:{line}" if line else self.source
-        key = _format_loc(loc)
+        key = format_loc(loc)
         return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
 
-def _format_loc(loc: Loc) -> str:
+def format_loc(loc: Loc) -> str:
+    """("routes", 0, "upstreams", 1) -> "routes[0].upstreams[1]"."""
     text = ""
     for part in loc:
         if isinstance(part, int):
@@ -446,7 +466,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                     if name not in env:
                         line = n.start_mark.line + 1
                         errors.append(
-                            f"{doc.source}:{line}: {_format_loc(loc)}: "
+                            f"{doc.source}:{line}: {format_loc(loc)}: "
                             f"environment variable {name} is not set"
                         )
                         return ""
@@ -458,7 +478,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                 name = key.value if isinstance(key, ScalarNode) else "?"
                 if name in seen and name != "<<":
                     errors.append(f"{doc.source}:{key.start_mark.line + 1}: "
-                                  f"{_format_loc(loc + (name,))}: key appears twice")
+                                  f"{format_loc(loc + (name,))}: key appears twice")
                 seen.add(name)
                 walk(value, loc + (name,))
         elif isinstance(n, SequenceNode):
@@ -470,8 +490,9 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
     return errors
 
 
-def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
-    errors = []
+def validation_problems(exc: ValidationError) -> list[tuple[Loc, str]]:
+    """Each pydantic error as (location, short message), in routes.yaml's words."""
+    problems = []
     for err in exc.errors(include_url=False):
         # Drop union-branch markers such as "str" or "dict[str,...]" from the location.
         loc = tuple(p for p in err["loc"] if isinstance(p, int) or "[" not in str(p))
@@ -480,8 +501,12 @@ def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
             message = "unknown key"
         elif err["type"] == "missing":
             message = "required key is missing"
-        errors.append(doc.error(loc, message))
-    return errors
+        problems.append((loc, message))
+    return problems
+
+
+def _pydantic_errors(exc: ValidationError, doc: _Document) -> list[str]:
+    return [doc.error(loc, message) for loc, message in validation_problems(exc)]
 
 
 def _cross_check(config: Config, doc: _Document) -> list[str]:
@@ -510,9 +535,20 @@ def _cross_check(config: Config, doc: _Document) -> list[str]:
     return errors
 
 
-def parse_config(text: str, source: str = "routes.yaml",
-                 env: Mapping[str, str] | None = None) -> Config:
-    """Parse routes.yaml text; raise ConfigError listing every problem found."""
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A valid config and the YAML it came from, so later checks (plugins) can name a line."""
+
+    config: Config
+    document: _Document
+
+    def error(self, loc: Loc, message: str) -> str:
+        """The "file:line: key: message" of the key at `loc`, as parse_config reports."""
+        return self.document.error(loc, message)
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None,
+           base_dir: Path | None) -> LoadedConfig:
     env = os.environ if env is None else env
     try:
         loader = yaml.SafeLoader(text)
@@ -539,14 +575,36 @@ def parse_config(text: str, source: str = "routes.yaml",
     errors = _cross_check(config, doc)
     if errors:
         raise ConfigError(errors)
-    return config
+    if base_dir is not None and not os.path.isabs(config.cache.dir):
+        cache = config.cache.model_copy(
+            update={"dir": os.path.normpath(os.path.join(base_dir, config.cache.dir))})
+        config = config.model_copy(update={"cache": cache})
+    return LoadedConfig(config, doc)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a routes.yaml file."""
+def parse_config(text: str, source: str = "routes.yaml",
+                 env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """Parse routes.yaml text; raise ConfigError listing every problem found.
+
+    A relative cache.dir is resolved against `base_dir` when given, else
+    left relative (to the working directory).
+    """
+    return _parse(text, source, env, base_dir).config
+
+
+def read_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read and validate a routes.yaml file, keeping its YAML for line numbers.
+
+    A relative cache.dir is taken relative to the file's own directory.
+    """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{file}: cannot read: {exc}"]) from None
-    return parse_config(text, str(file), env)
+    return _parse(text, str(file), env, file.absolute().parent)
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a routes.yaml file."""
+    return read_config(path, env).config

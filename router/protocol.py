@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import ipaddress
 import json
 import re
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "escape_version",
     "is_canonical",
     "parse",
+    "sumdb_name_problem",
     "unescape_path",
     "unescape_version",
 ]
@@ -384,10 +386,9 @@ class SumdbRequest:
     version: str | None
 
     def __post_init__(self) -> None:
-        if not _HOSTNAME_RE.fullmatch(self.name):
+        if (problem := sumdb_name_problem(self.name)) is not None:
             raise ProtocolError(
-                400,
-                f"invalid checksum database name {_q(self.name)}: must be a lower-case host name",
+                400, f"invalid checksum database name {_q(self.name)}: {problem}"
             )
         if self.endpoint == "lookup":
             _check_lookup(self)
@@ -410,6 +411,73 @@ class SumdbRequest:
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
+_PORT_RE = re.compile(r"(?P<host>.*?)(?::(?P<port>[0-9]{1,5}))?")
+_DB_PATH_ELEM_RE = re.compile(r"[A-Za-z0-9._~-]+")
+# The first path element after /sumdb/<name>/ that is one of these ends the name.
+SUMDB_ENDPOINTS = frozenset({"supported", "latest", "lookup", "tile"})
+
+
+def sumdb_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a checksum database name, or None when it can.
+
+    The go command's rule (cmd/go/internal/modfetch/sumdb.go, dbDial): a
+    note name (no space, no "+") that parsed as ``https://<name>`` is only a
+    host and an optional path, ``host[/path]``: ``sum.golang.org``,
+    ``localhost``, ``localhost:8443``, ``sum.corp.example/go``. Stricter than
+    Go where a name must also be one unambiguous piece of our URL paths: the
+    host is a lower-case DNS name, an IP address or ``[IPv6]`` (Go takes any
+    URL host), path elements are plain (letters, digits, ``.``, ``_``, ``~``,
+    ``-``; not ``.`` or ``..``), and none is an endpoint (``supported``,
+    ``latest``, ``lookup``, ``tile``), which is what lets ``/sumdb/<name>/...``
+    be split without knowing the configured names.
+    """
+    if not name:
+        return "empty; want host[/path] such as sum.golang.org"
+    if "://" in name:
+        return "a name, not a URL: drop the scheme (host[/path] such as sum.golang.org)"
+    if any(c.isspace() for c in name) or "+" in name:
+        return "must not contain spaces or '+'"
+    if "?" in name or "#" in name:
+        return "must not have a query or a fragment; want host[/path]"
+    host, sep, path = name.partition("/")
+    if "@" in host:
+        return "must not have user info (user@); want host[/path]"
+    if (hostname_problem := _db_host_problem(host)) is not None:
+        return hostname_problem
+    if not sep:
+        return None
+    for elem in path.split("/"):
+        if not elem:
+            return "path must not end in '/' or contain an empty element"
+        if elem in (".", "..") or not _DB_PATH_ELEM_RE.fullmatch(elem):
+            return f"path element {_q(elem)} must be letters, digits, '.', '_', '~' or '-'"
+        if elem in SUMDB_ENDPOINTS:
+            return (f"path element {_q(elem)} is a checksum database endpoint; "
+                    f"/sumdb/<name>/{elem} would be ambiguous")
+    return None
+
+
+def _db_host_problem(host: str) -> str | None:
+    """A host[:port] as the go command would send it: DNS name, IPv4 or [IPv6]."""
+    m = _PORT_RE.fullmatch(host)
+    assert m is not None  # the host group matches anything
+    hostname, port = m["host"], m["port"]
+    if port is not None and int(port) > 65535:
+        return f"port {port} is out of range"
+    if _HOSTNAME_RE.fullmatch(hostname) or _is_bracketed_ipv6(hostname):
+        return None
+    return (f"host {_q(host)} must be a lower-case host name, an IP address or [IPv6], "
+            "with an optional :port")
+
+
+def _is_bracketed_ipv6(hostname: str) -> bool:
+    if not (hostname.startswith("[") and hostname.endswith("]")):
+        return False
+    try:
+        ipaddress.IPv6Address(hostname[1:-1])
+    except ValueError:
+        return False
+    return True
 
 
 def _check_lookup(req: SumdbRequest) -> None:
@@ -527,9 +595,25 @@ def _parse(raw_path: str) -> ModuleRequest | SumdbRequest:
     return ModuleRequest(kind, module, version)  # validates
 
 
+def _split_sumdb(rest: str) -> tuple[str, str]:
+    """``<name>/<tail>``: the name ends before its first endpoint element.
+
+    A name may have path elements (``sum.corp.example/go``) but none is an
+    endpoint (sumdb_name_problem), so the first endpoint element after the
+    host starts the tail, and a configured name and a longer one it prefixes
+    (``sum.example`` and ``sum.example/go``) are each found exactly.
+    """
+    elems = rest.split("/")
+    for i in range(1, len(elems)):
+        if elems[i] in SUMDB_ENDPOINTS:
+            return "/".join(elems[:i]), "/".join(elems[i:])
+    name, _, tail = rest.partition("/")
+    return name, tail
+
+
 def _parse_sumdb(rest: str) -> SumdbRequest:
     """Parse what follows ``/sumdb/``: ``<name>/<endpoint>[/<args>]``."""
-    name, _, tail = rest.partition("/")
+    name, tail = _split_sumdb(rest)
     endpoint, _, args = tail.partition("/")
     if tail in ("supported", "latest") or endpoint == "tile":
         return SumdbRequest(name, endpoint, tail, None, None)

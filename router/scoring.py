@@ -1,24 +1,66 @@
 """The scoring engine: plugins turn (request, upstream) into cost factors; lower cost wins.
 
-Writing a plugin
-----------------
-Subclass `Plugin`, give it a `name`, optionally an `Options` pydantic model
-(validated from routes.yaml), and implement `score`:
+Writing a plugin (this docstring is the whole contract; README.md repeats it)
+----------------------------------------------------------------------------
+A plugin is a subclass of `Plugin`. Everything has a safe default except
+`name`; the engine calls nothing else.
 
-- return a float > 0: a factor multiplied into the upstream's cost
-  (1.0 is neutral, 2.0 makes it look twice as expensive, 0.5 half);
-- return `Veto("why")`: the upstream is not used for this request (unless
-  every upstream is vetoed: then all are used anyway, "panic mode");
-- raise, or return anything else: the engine logs it, counts it, and treats
-  the plugin as neutral for that request. A plugin never breaks a request.
+- `name` (class attribute, required): what routes.yaml lists under
+  `scoring.plugins` and what explain shows.
+- `Options` (class attribute, default `NoOptions`: takes none): a pydantic
+  model for the plugin's options in routes.yaml. Derive it from
+  `PluginOptions` (unknown keys refused, frozen). Unknown top-level keys are
+  refused even for a model that leaves pydantic's `extra` unset (whose
+  default ignores them), so a typo is an error, never silently ignored.
+  Type an option that names an upstream `UpstreamName` (or
+  `tuple[UpstreamName, ...]`): it is checked against the configured
+  upstreams; a validator of your own finds their names in
+  `info.context["upstreams"]` (a frozenset; no context when they are not
+  known). Options are validated by `validate`, at startup and at every
+  reload; an error reads `routes.yaml:LINE: scoring.plugins[i].<name>.
+  <option>: problem` and stops startup (a reload is rejected and the old
+  config keeps serving).
+- `__init__(self, options)`: receives the validated `Options` instance
+  (kept as `self.options`); precompute here. Raising stops startup, naming
+  the plugin. A new instance is made at every config reload.
+- `check(self, upstream_names) -> list[str]`: problems that need more than
+  one option at a time, given the configured upstream names; each string
+  is reported at the plugin's line in routes.yaml. Default: none.
+- `score(self, ctx, upstream) -> float | Veto`: called for every upstream of
+  every ranked request, so it must be cheap and do no I/O:
+  - a float > 0: a factor multiplied into the upstream's cost (1.0 is
+    neutral, 2.0 makes it look twice as expensive, 0.5 half);
+  - `Veto("why")`: the upstream is not used for this request (unless every
+    upstream is vetoed: then all are used anyway, "panic mode");
+  - raise, or return anything else: the engine logs it, counts it
+    (`goproxy_plugin_errors_total`), and treats the plugin as neutral for
+    that request. A plugin never breaks a request.
 
-A plugin only scores: it never sends requests, touches the cache or the app.
-It sees the `RequestContext` and the `Candidate` (the upstream's config and
-its live stats) and must treat both as read-only.
+What a plugin sees (read-only; a plugin never sends requests, touches the
+cache or the app):
 
-Where plugins come from: `plugins/<name>.py` (built-ins), the entry-point
-group `goproxy_router.plugins` (name -> Plugin subclass), and the directories
-in `scoring.plugin_dirs` (file `<name>.py` defining the plugin `<name>`).
+- `RequestContext`: `route` (its name), `module` (decoded path, e.g.
+  `github.com/Azure/x`), `kind` (what is asked for: `list`, `info`, `mod`,
+  `zip` or `latest`; explain ranks as `info`), `client_ip`, `country` (ISO
+  3166-1 alpha-2) and `continent` (AF AN AS EU NA OC SA), both None when
+  unknown, and `now` (time.monotonic() at ranking, for the stats' clocks).
+  Checksum-database requests (`/sumdb/`) are not ranked: they go to the
+  database's `url`, then its `mirrors`, in order.
+- `Candidate`: `name` (the upstream's name in routes.yaml), `config` (its
+  `router.config.Upstream`: url, countries, headers, weight, priority,
+  probe_path) and `stats` (its `router.stats.UpstreamStats`, live:
+  `latency.value` the peak-EWMA seconds to headers, `in_flight`, `requests`,
+  `failures`, `breaker` with `.state(now)`, `recent` header latencies,
+  `last_error`, `not_before`). Its `target` is how requests reach the
+  upstream: not for plugins.
+
+Plugins run in the order listed; the cost is the product of their factors;
+ties keep the route's upstream order.
+
+Where plugins come from: `plugins/<name>.py` (built-ins, which cannot be
+shadowed), the entry-point group `goproxy_router.plugins` (name -> Plugin
+subclass), and the directories in `scoring.plugin_dirs` (file `<name>.py`
+defining exactly one Plugin subclass named `<name>`).
 """
 
 from __future__ import annotations
@@ -33,11 +75,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
-from router.config import PluginSpec, Upstream
+from router.config import Loc, PluginSpec, Upstream, format_loc, validation_problems
 from router.logs import log_event
 from router.stats import UpstreamStats
 from router.upstream import UpstreamTarget
@@ -49,12 +91,56 @@ ENTRY_POINT_GROUP = "goproxy_router.plugins"
 _INF = float("inf")
 
 
+@dataclass(frozen=True, slots=True)
+class PluginProblem:
+    """One reason a configured plugin cannot start, and where in routes.yaml it lies."""
+
+    index: int                   # position in scoring.plugins
+    plugin: str
+    message: str
+    option: Loc = ()             # path inside the plugin's options; () for the plugin itself
+
+    @property
+    def loc(self) -> Loc:
+        """The location relative to `scoring.plugins`."""
+        return (self.index, self.plugin, *self.option) if self.option else (self.index,)
+
+    def __str__(self) -> str:
+        if self.option:
+            return f"plugin {self.plugin!r}: bad options: {format_loc(self.option)}: {self.message}"
+        return self.message
+
+
 class PluginError(Exception):
-    """A plugin could not be loaded or configured; the message names it."""
+    """A plugin could not be loaded or configured; the message names it.
+
+    `problems` says where each one lies (empty when it is not about one entry).
+    """
+
+    def __init__(self, message: str, problems: Sequence[PluginProblem] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
 
-class NoOptions(BaseModel):
+class PluginOptions(BaseModel):
+    """A base for a plugin's `Options`: unknown keys are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(PluginOptions):
+    """The options of a plugin that takes none."""
+
+
+def _known_upstream(value: str, info: ValidationInfo) -> str:
+    upstreams = (info.context or {}).get("upstreams")
+    if upstreams is not None and value not in upstreams:
+        raise ValueError(f"unknown upstream {value!r} (defined: {', '.join(sorted(upstreams))})")
+    return value
+
+
+UpstreamName = Annotated[str, AfterValidator(_known_upstream)]
+"""An option naming an upstream: checked against routes.yaml's `upstreams`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +183,11 @@ class Plugin:
         self.options = options
 
     def check(self, upstream_names: set[str]) -> list[str]:
-        """Problems of the options against the configured upstreams (e.g. unknown names)."""
+        """Problems of the options as a whole against the configured upstreams; [] if none.
+
+        Single options naming upstreams are better typed `UpstreamName`, which
+        points at their own line.
+        """
         return []
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
@@ -304,33 +394,75 @@ def find_plugin(name: str, plugin_dirs: Iterable[str] = ()) -> type[Plugin]:
     return cls
 
 
+def _option_problems(cls: type[Plugin], options: dict[str, Any],
+                     upstream_names: set[str] | None) -> tuple[BaseModel | None, list[tuple[Loc, str]]]:
+    """Validate `options` against cls.Options: the instance, or where each problem is."""
+    model = cls.Options
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None, [((), "its Options is not a pydantic BaseModel subclass")]
+    fields = {field.alias or key for key, field in model.model_fields.items()} | set(model.model_fields)
+    takes = f"{cls.name} takes {', '.join(sorted(model.model_fields)) or 'no options'}"
+    problems: list[tuple[Loc, str]] = []
+    if model.model_config.get("extra") is None:     # pydantic would silently ignore a typo
+        problems += [((key,), f"unknown option ({takes})") for key in options if key not in fields]
+    context = {"upstreams": frozenset(upstream_names)} if upstream_names is not None else None
+    try:
+        validated = model.model_validate(options, context=context)
+    except ValidationError as exc:
+        problems += [(loc, f"unknown option ({takes})" if message == "unknown key" and len(loc) == 1
+                      else message)
+                     for loc, message in validation_problems(exc)]
+        return None, problems
+    return (None if problems else validated), problems
+
+
 def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
                  upstream_names: set[str] | None = None) -> list[Plugin]:
-    """Instantiate the configured plugins in order; any problem stops startup."""
+    """Instantiate the configured plugins in order; any problem stops startup.
+
+    Every problem of every plugin is gathered into one PluginError, each with
+    its place in the list of specs (and in the plugin's options), so
+    `validate` can report them all with file and line.
+    """
     dirs = list(plugin_dirs)
     plugins: list[Plugin] = []
+    problems: list[PluginProblem] = []
     seen: set[str] = set()
-    for spec in specs:
-        name, options = _spec_name(spec)
-        if name in seen:
-            raise PluginError(f"plugin {name!r} is listed twice")
-        seen.add(name)
-        cls = find_plugin(name, dirs)
+    for index, spec in enumerate(specs):
         try:
-            validated = cls.Options.model_validate(options)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
-                for e in exc.errors(include_url=False))
-            raise PluginError(f"plugin {name!r}: bad options: {problems}") from None
+            name, options = _spec_name(spec)
+        except PluginError as exc:
+            problems.append(PluginProblem(index, "?", str(exc)))
+            continue
+        if name in seen:
+            problems.append(PluginProblem(index, name, f"plugin {name!r} is listed twice"))
+            continue
+        seen.add(name)
+        try:
+            cls = find_plugin(name, dirs)
+        except PluginError as exc:
+            problems.append(PluginProblem(index, name, str(exc)))
+            continue
+        validated, bad = _option_problems(cls, options, upstream_names)
+        problems += [PluginProblem(index, name, message, loc) if loc else
+                     PluginProblem(index, name, f"plugin {name!r}: bad options: {message}")
+                     for loc, message in bad]
+        if validated is None:
+            continue
         try:
             plugin = cls(validated)
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}") from None
-        problems = plugin.check(upstream_names) if upstream_names is not None else []
-        if problems:
-            raise PluginError(f"plugin {name!r}: " + "; ".join(problems))
+            problems.append(PluginProblem(
+                index, name, f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}"))
+            continue
+        try:
+            found = plugin.check(upstream_names) if upstream_names is not None else []
+        except Exception as exc:
+            found = [f"check() raised {type(exc).__name__}: {exc}"]
+        problems += [PluginProblem(index, name, f"plugin {name!r}: {p}") for p in found]
         plugins.append(plugin)
+    if problems:
+        raise PluginError("\n".join(map(str, problems)), problems)
     return plugins
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import select
 import signal
@@ -24,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from router.artifacts import ArtifactCache
 from router.cache import (
     CacheEntry,
     CacheError,
@@ -34,6 +36,8 @@ from router.cache import (
     NegativeAnswer,
     artifact_relpath,
 )
+from router.config import Cache
+from router.logs import JsonFormatter
 from router.protocol import ProtocolError
 from tests.conftest import REPO_ROOT, GoEnv
 from tests.support import Module, download_cache_paths
@@ -453,6 +457,36 @@ async def test_eviction_is_lru_and_keeps_size_bounded(make_cache: Callable[..., 
     assert artifacts(cache.root) == {mod_key(3), mod_key(4)}
     assert (cache.size, cache.files, cache.evictions, cache.evicted_bytes) == (2500, 2, 3, 3000)
     assert cache.get("example.com/m1", "v1.0.0", "mod") is None
+
+
+async def test_each_eviction_is_logged_with_key_size_and_reason(
+        make_cache: Callable[..., DiskCache], caplog: pytest.LogCaptureFixture) -> None:
+    cache = make_cache(2000, fsync=False)
+    caplog.set_level(logging.INFO, logger="router.cache")
+    for i in range(3):
+        await put_mod(cache, i, 1000)                                  # the third evicts m0
+    await cache.drain()
+    [record] = [r for r in caplog.records if r.getMessage() == "cache eviction"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert (fields["key"], fields["size"], fields["reason"]) == (mod_key(0), 1000, "max_size")
+    assert json.loads(JsonFormatter().format(record))["key"] == mod_key(0)   # a JSON log line
+
+
+@pytest.mark.parametrize("max_size, message", [
+    ("unlimited", "cache.max_size is unlimited"),
+    ("1000TB", "cache.max_size is more than the cache's disk has free"),
+])
+async def test_a_cache_that_may_fill_its_disk_is_warned_about_at_startup(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, max_size: str, message: str) -> None:
+    config = Cache.model_validate({"dir": str(tmp_path / "c"), "max_size": max_size})
+    caplog.set_level(logging.WARNING, logger="router.cache")
+    artifacts = ArtifactCache(config)
+    await artifacts.close()
+    assert [r.levelno for r in caplog.records if r.getMessage().startswith(message)] == [logging.WARNING]
+    caplog.clear()
+    artifacts = ArtifactCache(Cache.model_validate({"dir": str(tmp_path / "c"), "max_size": "1MB"}))
+    await artifacts.close()
+    assert caplog.records == []
 
 
 async def test_eviction_never_removes_a_leased_file(make_cache: Callable[..., DiskCache]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config, parse_size
+from router.config import DEFAULT_CACHE_MAX_SIZE, ConfigError, load_config, parse_config, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -252,3 +252,170 @@ def test_validate_reports_unset_tokens_env(tmp_path: Path) -> None:
     result = run_cli("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
     assert "SURELY_UNSET_TOKENS_VAR is not set" in result.stderr
+
+
+# -- checksum database names: the go command's host[/path] ------------------------------
+
+SUMDB_CONFIG = """\
+upstreams:
+  a: {url: "https://a.example"}
+routes:
+  - {name: r, match: ["*"], upstreams: [a]}
+sumdb:
+  - name: sum.golang.org
+    url: "https://sum.golang.org"
+  - name: NAME
+    url: "http://127.0.0.1:9"
+"""
+
+
+@pytest.mark.parametrize("name", ["localhost", "localhost:8443", "sum.corp.example/go",
+                                  "10.0.0.5:3000", "[::1]:8443"])
+def test_sumdb_names_follow_the_go_commands_host_path_rule(name: str) -> None:
+    config = parse_config(SUMDB_CONFIG.replace("NAME", f'"{name}"'), "routes.yaml", {})
+    assert [db.name for db in config.sumdb] == ["sum.golang.org", name]
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("https://x", "a name, not a URL"),
+    ("a b", "must not contain spaces or '+'"),
+    ("x?y", "must not have a query"),
+    ("user@host", "must not have user info"),
+    ("sum.corp.example/go/", "must not end in '/'"),
+    ("sum.corp.example/tile", "would be ambiguous"),
+    ("Sum.Corp.Example", "must be a lower-case host name"),
+])
+def test_invalid_sumdb_names_are_refused_with_file_and_line(name: str, problem: str) -> None:
+    [error] = errors_of(SUMDB_CONFIG.replace("NAME", f'"{name}"'))
+    assert error.startswith(f"routes.yaml:8: sumdb[1].name: {name!r} is not a checksum database "
+                            "name: "), error
+    assert problem in error
+
+
+def test_validate_accepts_localhost_and_a_name_with_a_path(tmp_path: Path) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(SUMDB_CONFIG.replace("NAME", "localhost")
+                    + '  - {name: sum.corp.example/go, url: "http://127.0.0.1:9"}\n')
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "3 checksum databases" in result.stdout
+
+
+# -- cache: bounded by default, next to routes.yaml ---------------------------------------
+
+MINIMAL = """\
+upstreams:
+  a: {url: "https://a.example"}
+routes:
+  - {name: r, match: ["*"], upstreams: [a]}
+"""
+
+
+def test_the_disk_cache_is_bounded_by_default() -> None:
+    assert parse_config(MINIMAL, "routes.yaml", {}).cache.max_size == DEFAULT_CACHE_MAX_SIZE == 10**10
+    shipped = load_config(REPO / "routes.yaml", env={}).cache
+    assert shipped.max_size is not None and shipped.max_size <= DEFAULT_CACHE_MAX_SIZE
+
+
+def test_an_unbounded_cache_must_be_asked_for_by_name() -> None:
+    config = parse_config(MINIMAL + "cache: {max_size: unlimited}\n", "routes.yaml", {})
+    assert config.cache.max_size is None
+    [error] = errors_of(MINIMAL + "cache:\n  max_size: null\n")
+    assert error.startswith("routes.yaml:6: cache.max_size: give a size such as 10GB, "
+                            "or 'unlimited'")
+
+
+def test_a_relative_cache_dir_is_next_to_routes_yaml(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc" / "goproxy"
+    etc.mkdir(parents=True)
+    (etc / "routes.yaml").write_text(MINIMAL)
+    (etc / "other.yaml").write_text(MINIMAL + "cache: {dir: ../var/cache}\n")
+    (etc / "abs.yaml").write_text(MINIMAL + f"cache: {{dir: {tmp_path / 'abs'}}}\n")
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    relative = Path("..", "..", "etc", "goproxy")
+    assert load_config(relative / "routes.yaml", env={}).cache.dir == str(etc / "cache")
+    assert load_config(relative / "other.yaml", env={}).cache.dir == str(etc.parent / "var" / "cache")
+    assert load_config(relative / "abs.yaml", env={}).cache.dir == str(tmp_path / "abs")
+
+
+# -- plugin options, checked by `validate` with file:line -----------------------------------
+
+PLUGIN_CONFIG = """\
+upstreams:
+  goproxy-cn: {url: "https://goproxy.cn"}
+  proxy-golang: {url: "https://proxy.golang.org"}
+routes:
+  - {name: r, match: ["*"], upstreams: [goproxy-cn, proxy-golang]}
+scoring:
+  plugin_dirs: [PLUGIN_DIR]
+  plugins:
+    - geo_affinity
+    - latency
+"""
+
+
+def validate_plugins(tmp_path: Path, plugins: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "routes.yaml"
+    path.write_text(PLUGIN_CONFIG.replace("PLUGIN_DIR", str(tmp_path / "plugins"))
+                    + textwrap.indent(textwrap.dedent(plugins), "    "))
+    return run_cli("validate", "--config", str(path))
+
+
+def test_validate_refuses_a_plugin_option_typo_with_file_and_line(tmp_path: Path) -> None:
+    result = validate_plugins(tmp_path, """\
+        - weights: {priority_stepp: 10}
+        """)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{tmp_path / 'routes.yaml'}:11: scoring.plugins[2].weights.priority_stepp: "
+        "unknown option (weights takes priority_step)")
+
+
+def test_validate_refuses_an_unknown_upstream_in_pin_with_file_and_line(tmp_path: Path) -> None:
+    result = validate_plugins(tmp_path, """\
+        - pin:
+            rules:
+              - match: ["golang.org/x/*"]
+                prefer: [goproxy-cn]
+              - match: ["github.com/bigcorp"]
+                prefer: [proxy-golang,
+                         nosuch]
+        """)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"{tmp_path / 'routes.yaml'}:17: scoring.plugins[2].pin.rules[1].prefer[1]: "
+        "unknown upstream 'nosuch' (defined: goproxy-cn, proxy-golang)")
+
+
+def test_validate_refuses_bad_options_of_a_plugin_dirs_plugin_with_file_and_line(
+        tmp_path: Path) -> None:
+    """Its Options is a plain BaseModel, which would ignore a typo: the loader does not."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "office_hours.py").write_text(textwrap.dedent('''\
+        from pydantic import BaseModel
+        from router.scoring import Plugin
+
+        class Options(BaseModel):
+            days: int = 5
+            batch_upstream: str
+
+        class OfficeHours(Plugin):
+            name = "office_hours"
+            Options = Options
+        '''))
+    result = validate_plugins(tmp_path, """\
+        - office_hours:
+            batch_upstream: goproxy-cn
+            dayz: 3
+        - office_hours: {days: many, batch_upstream: proxy-golang}
+        """)
+    assert result.returncode == 1
+    path = tmp_path / "routes.yaml"
+    assert result.stderr.splitlines() == [
+        f"{path}:13: scoring.plugins[2].office_hours.dayz: "
+        "unknown option (office_hours takes batch_upstream, days)",
+        f"{path}:14: scoring.plugins[3]: plugin 'office_hours' is listed twice",
+    ]

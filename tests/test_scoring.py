@@ -164,16 +164,30 @@ def test_pin_prefers_avoids_and_forbids() -> None:
     assert pin == "veto: pin rule github.com/bigcorp forbids it"
 
 
-def test_pin_rejects_unknown_upstreams() -> None:
-    with pytest.raises(PluginError, match="plugin 'pin': rule 0: unknown upstream 'nope'"):
-        load_plugins([{"pin": {"rules": [{"match": ["x.example"], "prefer": ["nope"]}]}}],
-                     upstream_names={"a"})
+def test_pin_rejects_unknown_upstreams_at_their_place() -> None:
+    with pytest.raises(PluginError, match=r"plugin 'pin': bad options: rules\[0\]\.avoid\[1\]: "
+                                          r"unknown upstream 'nope' \(defined: a, b\)") as info:
+        load_plugins(["latency", {"pin": {"rules": [{"match": ["x.example"], "avoid": ["a", "nope"]}]}}],
+                     upstream_names={"a", "b"})
+    [problem] = info.value.problems
+    assert problem.loc == (1, "pin", "rules", 0, "avoid", 1)
+
+
+@pytest.mark.parametrize("name", ["geo_affinity", "latency", "errors", "weights", "pin"])
+def test_every_builtin_refuses_an_unknown_option(name: str) -> None:
+    options: dict[str, Any] = {"rules": []} if name == "pin" else {}
+    with pytest.raises(PluginError) as info:
+        load_plugins([{name: {**options, "bogus": 1}}], upstream_names={"a"})
+    [problem] = info.value.problems
+    assert problem.loc == (0, name, "bogus")
+    assert problem.message.startswith(f"unknown option ({name} takes ")
 
 
 def test_bad_options_and_unknown_plugins_stop_startup() -> None:
     with pytest.raises(PluginError, match=r"plugin 'geo_affinity': bad options: elsewhere"):
         load_plugins([{"geo_affinity": {"elsewhere": -1}}])
-    with pytest.raises(PluginError, match=r"plugin 'latency': bad options: bogus: Extra inputs"):
+    with pytest.raises(PluginError, match=r"plugin 'latency': bad options: bogus: "
+                                          r"unknown option \(latency takes no options\)"):
         load_plugins([{"latency": {"bogus": 1}}])
     with pytest.raises(PluginError, match="plugin 'nosuch' not found"):
         load_plugins(["nosuch"])
@@ -230,8 +244,81 @@ def test_plugin_from_a_directory(tmp_path: Path) -> None:
     [plugin] = load_plugins([{"avoid_one": {"avoid": "a"}}], [str(tmp_path)])
     ranking = Engine([plugin]).rank(ctx(), [candidate("a"), candidate("b")])
     assert names(ranking) == ["b"]
-    with pytest.raises(PluginError, match="plugin 'avoid_one': bad options: avoid: Field required"):
+    with pytest.raises(PluginError, match="plugin 'avoid_one': bad options: avoid: "
+                                          "required key is missing"):
         load_plugins(["avoid_one"], [str(tmp_path)])
+
+
+def test_every_plugin_problem_is_reported_with_its_place(tmp_path: Path) -> None:
+    """A plain BaseModel ignores unknown keys; the loader still refuses a typo in one."""
+    (tmp_path / "avoid_one.py").write_text(DIR_PLUGIN)
+    with pytest.raises(PluginError) as info:
+        load_plugins([{"avoid_one": {"avoid": "a", "avoidd": "b"}}, "nosuch",
+                      {"weights": {"priority_step": 0}}, "avoid_one"], [str(tmp_path)])
+    assert [(p.loc, p.message) for p in info.value.problems] == [
+        ((0, "avoid_one", "avoidd"), "unknown option (avoid_one takes avoid)"),
+        ((1,), f"plugin 'nosuch' not found: not a built-in (plugins/), not in entry-point group "
+               f"'goproxy_router.plugins', not in plugin_dirs {[str(tmp_path)]}"),
+        ((2, "weights", "priority_step"), "Input should be greater than 1"),
+        ((3,), "plugin 'avoid_one' is listed twice"),
+    ]
+
+
+WHOLE_OPTIONS_PLUGIN = textwrap.dedent('''\
+    from pydantic import model_validator
+    from router.scoring import Plugin, PluginOptions
+
+    class Options(PluginOptions):
+        low: float = 1.0
+        high: float = 2.0
+
+        @model_validator(mode="after")
+        def _ordered(self):
+            if self.low > self.high:
+                raise ValueError("low must not exceed high")
+            return self
+
+    class Band(Plugin):
+        name = "band"
+        Options = Options
+
+    class NotAModel(Plugin):
+        name = "not_a_model"
+        Options = dict
+    ''')
+
+
+def test_problems_of_the_options_as_a_whole_are_reported_at_the_plugin(tmp_path: Path) -> None:
+    (tmp_path / "band.py").write_text(WHOLE_OPTIONS_PLUGIN)
+    (tmp_path / "not_a_model.py").write_text(WHOLE_OPTIONS_PLUGIN)
+    with pytest.raises(PluginError) as info:
+        load_plugins([{"band": {"low": 3}}, "not_a_model"], [str(tmp_path)])
+    assert [(p.loc, p.message) for p in info.value.problems] == [
+        ((0,), "plugin 'band': bad options: low must not exceed high"),
+        ((1,), "plugin 'not_a_model': bad options: its Options is not a pydantic BaseModel subclass"),
+    ]
+
+
+UPSTREAM_PLUGIN = textwrap.dedent('''\
+    from router.scoring import Plugin, PluginOptions, UpstreamName
+
+    class Options(PluginOptions):
+        batch_upstream: UpstreamName
+
+    class OfficeHours(Plugin):
+        name = "office_hours"
+        Options = Options
+    ''')
+
+
+def test_an_upstream_name_option_is_checked_when_the_upstreams_are_known(tmp_path: Path) -> None:
+    (tmp_path / "office_hours.py").write_text(UPSTREAM_PLUGIN)
+    spec = [{"office_hours": {"batch_upstream": "goproxy-io"}}]
+    with pytest.raises(PluginError, match=r"batch_upstream: unknown upstream 'goproxy-io' "
+                                          r"\(defined: a, b\)"):
+        load_plugins(spec, [str(tmp_path)], upstream_names={"a", "b"})
+    [plugin] = load_plugins(spec, [str(tmp_path)], upstream_names={"goproxy-io"})
+    assert plugin.options.batch_upstream == "goproxy-io"  # type: ignore[attr-defined]
 
 
 def test_broken_plugin_file_names_itself(tmp_path: Path) -> None:

@@ -118,3 +118,26 @@ async def test_invalid_sumdb_paths_are_refused(edge: MakeEdge, sumdbs: Any, path
     assert resp.status in (400, 404)
     assert (await resp.text()).startswith("goproxy-router: ")
     assert db.paths == []
+
+
+async def test_names_like_localhost_and_host_slash_path_are_served(edge: MakeEdge,
+                                                                   sumdbs: Any) -> None:
+    """The go command's host[/path] names, including one that prefixes another."""
+    dbs = {name: await sumdbs() for name in ("localhost", "sum.corp.example",
+                                             "sum.corp.example/go", "localhost:8443")}
+    cfg = config(dbs["localhost"][1])
+    cfg["sumdb"] = [{"name": name, "url": url} for name, (_, url) in dbs.items()]
+    client = await edge(cfg)
+    for name in dbs:
+        assert (await client.get(f"/sumdb/{name}/supported")).status == 200
+    for name, (db, _) in dbs.items():
+        lookup = f"lookup/golang.org/x/text@v0.3.{len(name)}"
+        resp = await client.get(f"/sumdb/{name}/{lookup}")
+        assert resp.status == 200
+        assert await resp.text() == f"answer for /{lookup}"
+        assert resp.headers["X-Goproxy-Upstream"] == name
+        resp = await client.get(f"/sumdb/{name}/tile/8/0/000")
+        assert resp.status == 200
+        assert db.paths == [f"/{lookup}", "/tile/8/0/000"], name
+    resp = await client.get("/sumdb/sum.corp.example/other/supported")
+    assert resp.status == 404 and "not proxied here" in await resp.text()
