@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from router import __version__
-from router.config import Config, ConfigError, parse_listen, read_config
+from router.admin import AdminPolicy
+from router.config import Config, ConfigError, load_config, parse_listen, read_config
 from router.logs import setup_logging
 from router.routes import RouteTable
 from router.scoring import PluginError, load_plugins
@@ -22,6 +23,7 @@ def _load(path: str) -> Config:
     loaded = read_config(path)
     config = loaded.config
     RouteTable(config)  # resolves tokens_env and compiles every pattern
+    AdminPolicy.from_config(config, None)   # resolves admin.token_env
     try:
         load_plugins(config.scoring.plugins, config.scoring.plugin_dirs, set(config.upstreams))
     except PluginError as exc:

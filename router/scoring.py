@@ -35,6 +35,10 @@ A plugin is a subclass of `Plugin`. Everything has a safe default except
   - raise, or return anything else: the engine logs it, counts it
     (`goproxy_plugin_errors_total`), and treats the plugin as neutral for
     that request. A plugin never breaks a request.
+- `explain(self, ctx, upstream) -> str`: a few words on why `score` gives
+  what it gives here, shown by `explain` (CLI and /_router/explain) next to
+  the factor; called only when explaining, never while serving. Default
+  "" (the factor speaks for itself); one that raises is shown as such.
 
 What a plugin sees (read-only; a plugin never sends requests, touches the
 cache or the app):

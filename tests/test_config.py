@@ -254,6 +254,16 @@ def test_validate_reports_unset_tokens_env(tmp_path: Path) -> None:
     assert "SURELY_UNSET_TOKENS_VAR is not set" in result.stderr
 
 
+def test_validate_reports_an_unset_admin_token_variable(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("upstreams:\n  a: {url: 'https://a.example'}\n"
+                    "routes:\n  - {name: r, match: ['*'], upstreams: [a]}\n"
+                    "admin: {token_env: SURELY_UNSET_ADMIN_VAR}\n")
+    result = run_cli("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "SURELY_UNSET_ADMIN_VAR is not set" in result.stderr and "Traceback" not in result.stderr
+
+
 # -- checksum database names: the go command's host[/path] ------------------------------
 
 SUMDB_CONFIG = """\
