@@ -575,19 +575,34 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None,
     errors = _cross_check(config, doc)
     if errors:
         raise ConfigError(errors)
-    if base_dir is not None and not os.path.isabs(config.cache.dir):
-        cache = config.cache.model_copy(
-            update={"dir": os.path.normpath(os.path.join(base_dir, config.cache.dir))})
-        config = config.model_copy(update={"cache": cache})
+    if base_dir is not None:
+        config = _paths_next_to(config, base_dir)
     return LoadedConfig(config, doc)
+
+
+def _paths_next_to(config: Config, base_dir: Path) -> Config:
+    """Resolve the relative file paths of a config (cache.dir, geoip.database,
+    scoring.plugin_dirs) against the directory of routes.yaml, so that none of
+    them moves with the directory the service happened to be started in."""
+    def resolve(path: str) -> str:
+        return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir, path))
+
+    cache = config.cache.model_copy(update={"dir": resolve(config.cache.dir)})
+    geoip = config.geoip
+    if geoip.database is not None:
+        geoip = geoip.model_copy(update={"database": resolve(geoip.database)})
+    scoring = config.scoring.model_copy(
+        update={"plugin_dirs": tuple(resolve(d) for d in config.scoring.plugin_dirs)})
+    return config.model_copy(update={"cache": cache, "geoip": geoip, "scoring": scoring})
 
 
 def parse_config(text: str, source: str = "routes.yaml",
                  env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
     """Parse routes.yaml text; raise ConfigError listing every problem found.
 
-    A relative cache.dir is resolved against `base_dir` when given, else
-    left relative (to the working directory).
+    Relative paths (cache.dir, geoip.database, scoring.plugin_dirs) are
+    resolved against `base_dir` when given, else left relative (to the
+    working directory).
     """
     return _parse(text, source, env, base_dir).config
 
@@ -595,7 +610,8 @@ def parse_config(text: str, source: str = "routes.yaml",
 def read_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Read and validate a routes.yaml file, keeping its YAML for line numbers.
 
-    A relative cache.dir is taken relative to the file's own directory.
+    Relative paths in it (cache.dir, geoip.database, scoring.plugin_dirs) are
+    taken relative to the file's own directory.
     """
     file = Path(path)
     try:

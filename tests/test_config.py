@@ -351,6 +351,19 @@ def test_a_relative_cache_dir_is_next_to_routes_yaml(tmp_path: Path,
     assert load_config(relative / "abs.yaml", env={}).cache.dir == str(tmp_path / "abs")
 
 
+def test_relative_geoip_database_and_plugin_dirs_are_next_to_routes_yaml(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "routes.yaml").write_text(
+        MINIMAL + "geoip: {database: GeoLite2-Country.mmdb}\n"
+        f"scoring: {{plugin_dirs: [plugins, {tmp_path / 'abs'}]}}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(Path("etc", "routes.yaml"), env={})
+    assert config.geoip.database == str(etc / "GeoLite2-Country.mmdb")
+    assert config.scoring.plugin_dirs == (str(etc / "plugins"), str(tmp_path / "abs"))
+
+
 # -- plugin options, checked by `validate` with file:line -----------------------------------
 
 PLUGIN_CONFIG = """\
