@@ -32,17 +32,18 @@ _SECRET_FIELD = re.compile(
     r"|[a-z0-9_-]*(?:token|secret|password|passwd|api[_-]?key))(\"?\s*[:=]\s*\"?)"
     r"(?:(?:bearer|basic|digest|negotiate|token)\s+)?[^\s\"'&,;]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_SCHEMES = frozenset({"basic", "bearer", "digest", "negotiate", "token"})
 
 
 def secret_values(values: Iterable[str]) -> tuple[str, ...]:
     """The strings to scrub for these configured values, longest first (so a value is
     replaced whole before any part of it): each value, and each word of a
-    multi-word one ("Bearer abc..." also leaks as "abc...")."""
+    multi-word one but an auth scheme ("Bearer abc..." also leaks as "abc...")."""
     found: set[str] = set()
     for value in values:
-        value = value.strip()
-        found.add(value)
-        found.update(value.split())
+        words = value.split()
+        found.add(value.strip())
+        found.update(w for w in words if w.lower() not in _SCHEMES)
     return tuple(sorted((s for s in found if len(s) >= MIN_SECRET), key=lambda s: (-len(s), s)))
 
 

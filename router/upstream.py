@@ -66,15 +66,17 @@ class UpstreamTarget:
         sent = {k: v.get_secret_value() if isinstance(v, SecretStr) else v
                 for k, v in (headers or {}).items()}
         parsed = URL(url)
-        shown: list[str] = []
+        in_url: list[str] = []
         if parsed.user is not None or parsed.password is not None:
             user, password = parsed.user or "", parsed.password or ""
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             sent.setdefault("Authorization", f"Basic {token}")
-            shown = [v for v in (user, password, parsed.raw_user, parsed.raw_password) if v]
+            # The password is the secret; with none, the user is (https://TOKEN@host).
+            hidden = (password, parsed.raw_password) if password else (user, parsed.raw_user)
+            in_url = [v for v in hidden if v]
             parsed = parsed.with_user(None)
         return cls(name=name, base_url=str(parsed).rstrip("/"), headers=sent,
-                   secrets=secret_values([*sent.values(), *shown]))
+                   secrets=secret_values([*sent.values(), *in_url]))
 
     @classmethod
     def from_config(cls, name: str, upstream: Upstream) -> UpstreamTarget:

@@ -8,6 +8,7 @@ TLD, which never resolves. Every wait is bounded by a small --timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import json
@@ -27,8 +28,12 @@ import pytest
 import yaml
 from aiohttp import web
 
+from router.app import EdgeState
 from router.check import CheckResult, check_all, render_table, route_verdicts, run
 from router.config import Config, parse_config
+from router.redact import REDACTED
+from router.stats import StatsRegistry
+from router.upstream import UpstreamClient
 from tests.conftest import REPO_ROOT
 from tests.support import FakeProxy, Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
 
@@ -40,16 +45,20 @@ DB = "sum.example.com"
 TREE_HEAD = (f"go.sum database tree\n1234\nq5Ws6QkR2aO0bF1k6w0z3wYQ1b9hQ2y5m1mI5B9CkXQ=\n\n"
              f"\u2014 {DB} Az3grqnJkvS5mLlFdWbY+bTmiJkkQ3PNwI1u0QoYlYk3AJLsD+2ObJ8Zk4w=\n")
 SECRET = "s3cret-token-9f8e7d"
+USER, PASSWORD = "ci-deploy", "s3cret-pass"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 NO_DNS = "http://no-such-host.invalid"
 
 MakeFake = Callable[..., Awaitable[FakeProxy]]
 
 
 def make_config(upstreams: dict[str, dict[str, Any]], routes: list[dict[str, Any]] | None = None,
-                sumdb: list[dict[str, Any]] | None = None, env: dict[str, str] | None = None) -> Config:
+                sumdb: list[dict[str, Any]] | None = None, env: dict[str, str] | None = None,
+                **top: Any) -> Config:
     data: dict[str, Any] = {
         "upstreams": upstreams,
         "routes": routes or [{"name": "public", "match": ["*"], "upstreams": list(upstreams)}],
+        **top,
     }
     if sumdb:
         data["sumdb"] = sumdb
@@ -424,7 +433,7 @@ async def test_secret_header_goes_to_its_upstream_only_and_is_never_printed(
     assert private.requests[0].header("Authorization") == f"Bearer {SECRET}"
     assert public.requests[0].header("Authorization") is None
     assert by_name["echo"].failure == "protocol"
-    assert "***" in by_name["echo"].diagnosis
+    assert REDACTED in by_name["echo"].diagnosis
     text = render_table(results) + json.dumps([r.to_json() for r in results])
     assert SECRET not in text
     assert "oops" in text
@@ -524,12 +533,20 @@ def test_cli_all_good_exits_0_and_never_prints_the_secret(
 
     as_json = run_cli(tmp_path, config, "--json", "--timeout", "3", env=env)
     assert as_json.returncode == 0, as_json.stderr
-    results = json.loads(as_json.stdout)
+    report = json.loads(as_json.stdout)
+    results = report["targets"]
     assert [(r["kind"], r["name"], r["status"], r["http_status"]) for r in results] == [
         ("upstream", "private", "ok", 200), ("upstream", "public", "ok", 200),
         ("sumdb", DB, "ok", 200)]
     assert set(results[0]) >= {"kind", "name", "url", "routes", "status", "dns_ms", "connect_ms",
-                               "tls_ms", "first_byte_ms", "diagnosis"}
+                               "tls_ms", "first_byte_ms", "until_first_byte_ms", "ok_for",
+                               "diagnosis"}
+    assert [(r["name"], r["ok"], r["working"]) for r in report["routes"]] == [
+        ("corp", True, ["private"]), ("public", True, ["public"])]
+    assert report["routes"][0]["summary"] == "route corp: ok, 1 of 1 upstreams working (private)"
+    assert report["sumdb"] == [{"name": DB, "ok": True, "working": [DB],
+                                "summary": f"checksum database {DB}: ok ({DB})"}]
+    assert report["notes"] == [] and table.stderr == ""
     for run_ in (table, as_json):
         assert SECRET not in run_.stdout + run_.stderr
     assert [r.header("Authorization") for r in private.requests] == [f"Bearer {SECRET}"] * 2
@@ -555,11 +572,17 @@ def test_cli_route_without_a_working_upstream_exits_1(
 
     as_json = run_cli(tmp_path, config, "--timeout", "3", "--json")
     assert as_json.returncode == 1
-    by_name = {r["name"]: r for r in json.loads(as_json.stdout)}
+    report = json.loads(as_json.stdout)
+    by_name = {r["name"]: r for r in report["targets"]}
     assert {n: r["failure"] for n, r in by_name.items()} == {
         "good": None, "broken": "http", "gone": "refused", "nodns": by_name["nodns"]["failure"]}
     assert by_name["nodns"]["failure"] in ("dns", "timeout")   # "timeout" only if DNS is broken here
     assert "route private: NO WORKING UPSTREAM" in as_json.stderr
+    routes = {r["name"]: r for r in report["routes"]}
+    assert (routes["private"]["ok"], routes["private"]["working"]) == (False, [])
+    assert routes["private"]["summary"].startswith("route private: NO WORKING UPSTREAM (broken: ")
+    assert (routes["public"]["ok"], routes["public"]["working"]) == (True, ["good"])
+    assert routes["public"]["upstreams"] == ["nodns", "good"]
 
 
 def test_cli_config_errors_exit_2(tmp_path: Path) -> None:
