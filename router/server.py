@@ -28,6 +28,7 @@ from aiohttp import web
 from router import __version__
 from router.config import Config, ConfigError
 from router.logs import log_event
+from router.redact import redact
 
 log = logging.getLogger("router.server")
 
@@ -69,12 +70,14 @@ class Reloader:
                 config = self._load(self._path)
                 await self._apply(config)  # type: ignore[misc]
             except ConfigError as exc:
+                # A bad URL is quoted back in its error, with any user:password@ in it.
                 log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
-                          reason=reason, path=self._path, errors=exc.errors)
+                          reason=reason, path=self._path, errors=[redact(e) for e in exc.errors])
                 return False
             except Exception as exc:
                 log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
-                          reason=reason, path=self._path, error=f"{type(exc).__name__}: {exc}")
+                          reason=reason, path=self._path,
+                          error=redact(f"{type(exc).__name__}: {exc}"))
                 return False
             log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
             return True
