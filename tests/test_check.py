@@ -31,7 +31,7 @@ from aiohttp import web
 from router.app import EdgeState
 from router.check import CheckResult, check_all, render_table, route_verdicts, run
 from router.config import Config, parse_config
-from router.redact import REDACTED
+from router.redact import REDACTED, redact, secret_values
 from router.stats import StatsRegistry
 from router.upstream import UpstreamClient
 from tests.conftest import REPO_ROOT
@@ -628,7 +628,7 @@ def test_cli_basic_auth_upstream_is_healthy_and_its_password_never_printed(
     token = BASIC.split()[1]
     for run_ in (table, as_json):
         output = run_.stdout + run_.stderr
-        assert PASSWORD not in output and token not in output, output
+        assert PASSWORD not in output and token not in output and USER not in output, output
 
 
 def test_cli_wrong_url_password_is_rejected_and_not_printed(
@@ -743,3 +743,22 @@ def test_a_short_timeout_notes_the_routes_that_would_wait_longer(
     text = out.getvalue()
     assert "timeout after 0.3s while waiting for the response" in text
     assert ("note: --timeout 0.3 is shorter than timeouts.headers (route public 30 s)") in text
+
+
+def test_one_redact_for_every_output() -> None:
+    """What the config's credentials turn into (a URL's Basic token, a header's token)
+    is scrubbed, even when an excerpt was cut in the middle of one; an auth scheme
+    word alone is not a secret."""
+    from router.upstream import UpstreamTarget
+
+    target = UpstreamTarget.for_url("u", f"https://{USER}:{PASSWORD}@h.example/base",
+                                    {"X-Api-Key": f"Key {SECRET}"})
+    assert target.base_url == "https://h.example/base"
+    assert target.headers == {"X-Api-Key": f"Key {SECRET}", "Authorization": BASIC}
+    assert {PASSWORD, USER, BASIC.split()[1], SECRET} <= set(target.secrets)
+    assert "Basic" not in target.secrets
+    echoed = f"401: you sent Authorization: {BASIC}\r\nand the excerpt ends in {SECRET[:9]}"
+    out = redact(echoed, target.secrets)
+    assert out == f"401: you sent Authorization: {REDACTED} and the excerpt ends in {REDACTED}"
+    assert redact(f"no user {USER}, pw {PASSWORD}", secret_values([PASSWORD, USER])) == \
+        f"no user {REDACTED}, pw {REDACTED}"
