@@ -410,24 +410,24 @@ class _Probe:
     def _judge_speed(self) -> None:
         """An answer that came, but later than a route would have waited for it."""
         r = self.result
-        assert r.connect_ms is not None and r.until_first_byte_ms is not None
+        if r.connect_ms is None or r.until_first_byte_ms is None:    # (an answer has both)
+            return
         slow, met, _ = _speed(self.target.limits, r.connect_ms / 1000, r.until_first_byte_ms / 1000)
         r.ok_for = [limit.route for limit in met if limit.route is not None]
         if slow:
             self.fail("slow", "slow: " + "; ".join(slow) + _for_routes("; ok for", met))
 
-    def cut(self, waited: float, by_option: bool) -> None:
+    def cut(self, waited: float) -> None:
         """The target was given up on after `waited` s: too slow for the routes whose
         limits that reaches; a plain timeout where only --timeout cut it short."""
         connect = None if self.result.connect_ms is None else self.result.connect_ms / 1000
         slow, _, unjudged = _speed(self.target.limits, connect, None, waited,
                                    connecting=self.phase == "connecting")
-        plain = f"timeout after {waited:g}s {_phase_words(self.phase)}"
         if not slow:
-            self.fail("timeout", plain)
+            self.fail("timeout", f"timeout after {waited:g}s {_phase_words(self.phase)}")
             return
-        why = "--timeout" if by_option else "timeout"
-        self.fail("slow", "slow: " + "; ".join(slow) + _for_routes(f"; {why} for", unjudged))
+        self.fail("slow", "slow: " + "; ".join(slow)
+                  + _for_routes(f"; not judged (--timeout {waited:g} s is shorter) for", unjudged))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -448,9 +448,9 @@ async def _check_one(target: CheckTarget, timeout: float | None) -> CheckResult:
             await probe.run()
     except TimeoutError:
         if deadline.expired():
-            probe.cut(bound, by_option=timeout is not None)
+            probe.cut(bound)
         elif probe.connect_cut and connect_bound is not None:
-            probe.cut(connect_bound, by_option=False)
+            probe.cut(connect_bound)
         else:
             probe.fail("timeout", f"timed out {_phase_words(probe.phase)}")
     except OSError as exc:   # e.g. a reset while writing the request

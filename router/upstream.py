@@ -71,9 +71,8 @@ class UpstreamTarget:
             user, password = parsed.user or "", parsed.password or ""
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             sent.setdefault("Authorization", f"Basic {token}")
-            # The password is the secret; with none, the user is (https://TOKEN@host).
-            hidden = (password, parsed.raw_password) if password else (user, parsed.raw_user)
-            in_url = [v for v in hidden if v]
+            # The user too: it may be the token itself (https://TOKEN@host).
+            in_url = [v for v in (user, password, parsed.raw_user, parsed.raw_password) if v]
             parsed = parsed.with_user(None)
         return cls(name=name, base_url=str(parsed).rstrip("/"), headers=sent,
                    secrets=secret_values([*sent.values(), *in_url]))

@@ -693,6 +693,14 @@ async def test_waits_only_as_long_as_the_routes_allow_by_default(fake_proxy: Mak
     assert time.monotonic() - started < 2
     assert result.failure == "slow"
     assert result.diagnosis == "slow: no answer within 0.4 s, route public allows 0.4 s (timeouts.headers)"
+    # A --timeout between two routes' limits judges the one it reaches, and says so of the other.
+    config = make_config({"hung": {"url": hung.url}}, routes=[
+        {"name": "corp", "match": ["corp.example"], "upstreams": ["hung"], "timeouts": {"headers": 0.2}},
+        {"name": "public", "match": ["*"], "upstreams": ["hung"]}])
+    [result] = await check_all(config, 0.4)
+    assert result.diagnosis == ("slow: no answer within 0.4 s, route corp allows 0.2 s "
+                                "(timeouts.headers); not judged (--timeout 0.4 s is shorter) "
+                                "for route public")
 
 
 async def test_connect_slower_than_the_routes_connect_timeout(fake_proxy: MakeFake) -> None:
