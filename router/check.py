@@ -30,8 +30,10 @@ numbers and the verdicts describe what `serve` will see:
 What is fetched, and what counts as working:
 
 - An upstream: ``<url><probe_path>`` (``probe_path`` defaults to ``/``, the
-  same path the active probes use), sent with the upstream's configured
-  ``headers`` (and only to it). A private registry has no known public
+  same path the active probes use), sent with the upstream's credentials
+  (its ``headers``, and the ``user:password@`` of its URL as Basic auth),
+  built by ``UpstreamTarget.for_url`` exactly as `serve` and the probes
+  build them, and only to it. A private registry has no known public
   module, so a fixed module path would prove nothing; as for the active
   probes, any answer below 500 means "it is there and speaks HTTP", and the
   status is reported. Two exceptions, stricter than the probes because this
@@ -44,16 +46,31 @@ What is fetched, and what counts as working:
   that carries a signature line (``— name sig``). A 200 HTML page from a
   captive portal or a wrong URL is not a checksum database.
 
-The timeout bounds each target as a whole (all phases), and all targets are
-checked concurrently, so the command takes about one timeout at most.
+Fast enough for its routes: an upstream that answers, but later than a
+route using it would wait, is not working for that route ("slow: first byte
+after 4.0 s, route corp allows 1 s (timeouts.headers)"), and likewise a
+connect slower than the route's ``timeouts.connect``. The time compared with
+``timeouts.headers`` runs from the start (DNS included) to the first byte of
+the answer, as `serve` counts it (``until_first_byte_ms``). Checksum database
+URLs are held to the top-level timeouts, which the sumdb proxy uses.
+
+How long each target is given: by default exactly as long as `serve` would
+wait for it, the longest ``timeouts.connect`` to connect and the longest
+``timeouts.headers`` in all, among the routes that use it; waiting longer
+could not change any verdict. ``--timeout`` replaces that with one bound for
+all phases: a longer one shows how slow a too-slow upstream really is, a
+shorter one is quicker but may fail an upstream `serve` would still wait for
+(the output notes which routes allow more). All targets are checked
+concurrently, so the command takes about one bound at most.
 
 Exit status (`run`): 0 when every route has at least one working upstream,
 1 otherwise (the output names each such route), 2 is left to the CLI for
 config errors. A checksum database with no working URL is reported as a
 warning but does not change the exit status: the contract is about routes.
 
-Secrets: header values are sent to their own upstream only, never logged,
-and scrubbed from every diagnosis before anything is printed.
+Secrets: credentials are sent to their own upstream only, and every printed
+string (URL, diagnosis, summary) goes through `router.redact.redact` with
+every secret of the config first.
 """
 
 from __future__ import annotations
@@ -68,16 +85,17 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
 import aiohappyeyeballs
-from pydantic import SecretStr
 from yarl import URL
 
 from router import __version__
-from router.config import Config
+from router.config import Config, Timeouts
+from router.redact import redact
+from router.upstream import UpstreamTarget, config_secrets, sumdb_targets
 
 USER_AGENT = f"goproxy-router-check/{__version__}"
 HAPPY_EYEBALLS_DELAY = 0.25      # seconds; aiohttp's default
@@ -86,7 +104,20 @@ MAX_BODY = 64 * 1024             # a signed tree head is a few hundred bytes
 TREE_HEAD_PREFIX = "go.sum database tree\n"
 
 Kind = Literal["upstream", "sumdb"]
-Failure = Literal["dns", "refused", "connect", "tls", "timeout", "http", "protocol"]
+Failure = Literal["dns", "refused", "connect", "tls", "timeout", "slow", "http", "protocol"]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """How long `serve` waits for a target on behalf of one route (or of the sumdb proxy)."""
+
+    route: str | None            # None: the top-level timeouts (checksum databases, unused upstreams)
+    connect: float
+    headers: float
+
+    @property
+    def who(self) -> str:
+        return f"route {self.route}" if self.route is not None else "serve"
 
 
 @dataclass(frozen=True)
@@ -94,12 +125,15 @@ class CheckTarget:
     """One URL to check: an upstream or one checksum database URL."""
 
     kind: Kind
-    name: str
-    url: str
+    target: UpstreamTarget       # base URL without credentials, headers to send, secrets
     path: str                    # the path fetched, appended to the URL's own path
     routes: tuple[str, ...]
-    headers: Mapping[str, SecretStr] = field(default_factory=dict, repr=False)
+    limits: tuple[Limit, ...]
     db_name: str | None = None   # for a checksum database URL: the database's name
+
+    @property
+    def name(self) -> str:
+        return self.target.name
 
 
 @dataclass
@@ -120,6 +154,8 @@ class CheckResult:
     connect_ms: float | None = None
     tls_ms: float | None = None
     first_byte_ms: float | None = None
+    until_first_byte_ms: float | None = None   # from the start, DNS included: what timeouts.headers limits
+    ok_for: list[str] = field(default_factory=list)   # the routes this upstream works for
 
     @property
     def ok(self) -> bool:
@@ -131,6 +167,7 @@ class CheckResult:
             "status": self.status, "http_status": self.http_status, "path": self.path,
             "address": self.address, "dns_ms": self.dns_ms, "connect_ms": self.connect_ms,
             "tls_ms": self.tls_ms, "first_byte_ms": self.first_byte_ms,
+            "until_first_byte_ms": self.until_first_byte_ms, "ok_for": self.ok_for,
             "failure": self.failure, "diagnosis": self.diagnosis,
         }
 
@@ -140,6 +177,7 @@ class RouteVerdict:
     route: str
     upstreams: tuple[str, ...]
     working: tuple[str, ...]
+    timeouts: Timeouts
 
     @property
     def ok(self) -> bool:
@@ -153,34 +191,56 @@ class RouteVerdict:
 def targets(config: Config) -> list[CheckTarget]:
     """Every upstream (config order), then every checksum database URL and mirror."""
     out: list[CheckTarget] = []
+    top = Limit(None, config.timeouts.connect, config.timeouts.headers)
     for name, upstream in config.upstreams.items():
-        routes = tuple(r.name for r in config.routes if name in r.upstreams)
-        out.append(CheckTarget("upstream", name, upstream.url, upstream.probe_path, routes,
-                               dict(upstream.headers)))
+        routes = [r for r in config.routes if name in r.upstreams]
+        limits = tuple(Limit(r.name, t.connect, t.headers)
+                       for r, t in ((r, config.route_timeouts(r)) for r in routes)) or (top,)
+        out.append(CheckTarget("upstream", UpstreamTarget.from_config(name, upstream),
+                               upstream.probe_path, tuple(r.name for r in routes), limits))
     sumdb_routes = tuple(r.name for r in config.routes if r.sumdb)
     for db in config.sumdb:
-        for i, url in enumerate((db.url, *db.mirrors)):
-            # Named as the sumdb proxy names them in logs and errors.
-            out.append(CheckTarget("sumdb", db.name if i == 0 else f"{db.name} mirror {i}",
-                                   url, "/latest", sumdb_routes, db_name=db.name))
+        for target in sumdb_targets(db):
+            out.append(CheckTarget("sumdb", target, "/latest", sumdb_routes, (top,), db_name=db.name))
     return out
 
 
-async def check_all(config: Config, timeout: float) -> list[CheckResult]:
-    """Check every upstream and checksum database URL concurrently, each within `timeout` s."""
-    if timeout <= 0:
+async def check_all(config: Config, timeout: float | None = None) -> list[CheckResult]:
+    """Check every upstream and checksum database URL concurrently.
+
+    Each target is given `timeout` seconds, or by default as long as `serve`
+    would wait for it (see the module docstring).
+    """
+    if timeout is not None and not timeout > 0:
         raise ValueError("timeout must be positive")
-    secrets = _secret_values(config)
+    secrets = config_secrets(config)
     results = await asyncio.gather(*(_check_one(t, timeout) for t in targets(config)))
     for result in results:
+        result.url = redact(result.url, secrets)
         result.diagnosis = redact(result.diagnosis, secrets)
     return list(results)
 
 
 def route_verdicts(config: Config, results: Sequence[CheckResult]) -> list[RouteVerdict]:
-    ok = {r.name for r in results if r.kind == "upstream" and r.ok}
-    return [RouteVerdict(route.name, route.upstreams, tuple(u for u in route.upstreams if u in ok))
+    """Per route: its upstreams, and those working for it (answering, and fast enough)."""
+    ok_for = {r.name: r.ok_for for r in results if r.kind == "upstream"}
+    return [RouteVerdict(route.name, route.upstreams,
+                         tuple(u for u in route.upstreams if route.name in ok_for.get(u, ())),
+                         config.route_timeouts(route))
             for route in config.routes]
+
+
+def shorter_than_routes(config: Config, timeout: float | None) -> str | None:
+    """A note for when --timeout may have cut a wait that a route's timeouts allow."""
+    if timeout is None:
+        return None
+    longer = [f"route {r.name} {t.headers:g} s" for r, t in
+              ((r, config.route_timeouts(r)) for r in config.routes) if t.headers > timeout]
+    if not longer:
+        return None
+    return (f"note: --timeout {timeout:g} is shorter than timeouts.headers ({', '.join(longer)}): "
+            "an upstream slower than that is reported as a timeout here, though serve would "
+            "still wait for it; run without --timeout to wait as serve does")
 
 
 # ---------------------------------------------------------------------------
@@ -190,14 +250,16 @@ def route_verdicts(config: Config, results: Sequence[CheckResult]) -> list[Route
 class _Probe:
     """Runs the phases for one target, remembering which one it is in."""
 
-    def __init__(self, target: CheckTarget) -> None:
+    def __init__(self, target: CheckTarget, connect_bound: float | None) -> None:
         self.target = target
-        self.url = URL(target.url)
+        self.url = target.target.url_for(target.path)
+        self.connect_bound = connect_bound      # None: only the whole target is bounded
+        self.connect_cut = False
         self.phase = "resolving the name"
-        self.result = CheckResult(kind=target.kind, name=target.name, url=target.url,
+        self.started = time.perf_counter()
+        self.result = CheckResult(kind=target.kind, name=target.name, url=target.target.base_url,
                                   routes=list(target.routes), status="fail",
-                                  diagnosis="not checked",
-                                  path=self.url.raw_path.rstrip("/") + target.path)
+                                  diagnosis="not checked", path=self.url.raw_path_qs)
         self._writer: asyncio.StreamWriter | None = None
 
     def fail(self, failure: Failure, diagnosis: str) -> None:
@@ -206,8 +268,8 @@ class _Probe:
     async def run(self) -> None:
         host = self.url.raw_host or ""
         port = self.url.port or (443 if self.url.scheme == "https" else 80)
-        bad = next((n for n, v in self.target.headers.items()
-                    if any(c in v.get_secret_value() for c in "\r\n\0")), None)
+        bad = next((n for n, v in self.target.target.headers.items()
+                    if any(c in v for c in "\r\n\0")), None)
         if bad is not None:
             self.fail("protocol", f"header {bad} has a line break or NUL in its value; not sent")
             return
@@ -227,10 +289,15 @@ class _Probe:
 
         self.phase = "connecting"
         started = time.perf_counter()
+        bound = asyncio.timeout(self.connect_bound)
         try:
-            sock = await aiohappyeyeballs.start_connection(
-                infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1)
+            async with bound:
+                sock = await aiohappyeyeballs.start_connection(
+                    infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1)
         except OSError as exc:
+            if bound.expired():       # as long as serve would try: judged in _check_one
+                self.connect_cut = True
+                raise
             if isinstance(exc, TimeoutError) or exc.errno == errno.ETIMEDOUT:
                 self.fail("timeout", f"connection timed out (the OS gave up on {host}:{port})")
             elif exc.errno == errno.ECONNREFUSED:
@@ -279,12 +346,13 @@ class _Probe:
             self.fail("protocol", f"connection lost before an answer ({_os_reason(exc)})")
             return
         self.result.first_byte_ms = _ms(started)
+        self.result.until_first_byte_ms = _ms(self.started)
 
         self.phase = "reading the response"
         try:
             status, headers = await _read_head(first, reader)
         except _NotHTTP as exc:
-            self.fail("protocol", f"not an HTTP response (starts with {exc.snippet!r})")
+            self.fail("protocol", f"not an HTTP response (starts with {self._snippet(exc.data)!r})")
             return
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             self.fail("protocol", "the response headers were cut short")
@@ -294,6 +362,8 @@ class _Probe:
             self._judge_upstream(status)
         else:
             await self._judge_sumdb(status, headers, reader)
+        if self.result.ok:
+            self._judge_speed()
 
     def _request(self) -> bytes:
         lines = [f"GET {self.result.path} HTTP/1.1",
@@ -302,14 +372,14 @@ class _Probe:
                  "Accept: */*",
                  "Accept-Encoding: identity",
                  "Connection: close"]
-        lines += [f"{name}: {value.get_secret_value()}" for name, value in self.target.headers.items()]
+        lines += [f"{name}: {value}" for name, value in self.target.target.headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
 
     def _judge_upstream(self, status: int) -> None:
         if status >= 500:
             self.fail("http", f"HTTP {status} from upstream")
         elif status in (401, 403, 407):
-            sent = ", ".join(self.target.headers) or "no credential headers configured"
+            sent = ", ".join(self.target.target.headers) or "no credential headers configured"
             self.fail("http", f"HTTP {status} from upstream: credentials missing or rejected "
                               f"(sent: {sent})")
         else:
@@ -329,22 +399,58 @@ class _Probe:
             self.result.status, self.result.diagnosis = "ok", "ok"
         else:
             self.fail("protocol", f"HTTP 200 but {self.result.path} is not a signed tree head "
-                                  f"(starts with {_snippet(body)!r})")
+                                  f"(starts with {self._snippet(body)!r})")
+
+    def _snippet(self, data: bytes) -> str:
+        """The start of what the server sent, scrubbed of this target's secrets before
+        it is cut (a cut secret would escape a later scrub)."""
+        text = redact(data[:400].decode("utf-8", "replace"), self.target.target.secrets)
+        return _snippet(text.encode())
+
+    def _judge_speed(self) -> None:
+        """An answer that came, but later than a route would have waited for it."""
+        r = self.result
+        if r.connect_ms is None or r.until_first_byte_ms is None:    # (an answer has both)
+            return
+        slow, met, _ = _speed(self.target.limits, r.connect_ms / 1000, r.until_first_byte_ms / 1000)
+        r.ok_for = [limit.route for limit in met if limit.route is not None]
+        if slow:
+            self.fail("slow", "slow: " + "; ".join(slow) + _for_routes("; ok for", met))
+
+    def cut(self, waited: float) -> None:
+        """The target was given up on after `waited` s: too slow for the routes whose
+        limits that reaches; a plain timeout where only --timeout cut it short."""
+        connect = None if self.result.connect_ms is None else self.result.connect_ms / 1000
+        slow, _, unjudged = _speed(self.target.limits, connect, None, waited,
+                                   connecting=self.phase == "connecting")
+        if not slow:
+            self.fail("timeout", f"timeout after {waited:g}s {_phase_words(self.phase)}")
+            return
+        self.fail("slow", "slow: " + "; ".join(slow)
+                  + _for_routes(f"; not judged (--timeout {waited:g} s is shorter) for", unjudged))
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.transport.abort()   # nothing left to say; never wait on a peer
 
 
-async def _check_one(target: CheckTarget, timeout: float) -> CheckResult:
-    probe = _Probe(target)
-    deadline = asyncio.timeout(timeout)
+async def _check_one(target: CheckTarget, timeout: float | None) -> CheckResult:
+    connect_bound = None
+    if timeout is None:      # as serve waits: the most patient route's limits
+        connect_bound = max(limit.connect for limit in target.limits)
+        bound = max(limit.headers for limit in target.limits)
+    else:
+        bound = timeout
+    probe = _Probe(target, connect_bound)
+    deadline = asyncio.timeout(bound)
     try:
         async with deadline:
             await probe.run()
     except TimeoutError:
         if deadline.expired():
-            probe.fail("timeout", f"timeout after {timeout:g}s {_phase_words(probe.phase)}")
+            probe.cut(bound)
+        elif probe.connect_cut and connect_bound is not None:
+            probe.cut(connect_bound)
         else:
             probe.fail("timeout", f"timed out {_phase_words(probe.phase)}")
     except OSError as exc:   # e.g. a reset while writing the request
@@ -356,6 +462,46 @@ async def _check_one(target: CheckTarget, timeout: float) -> CheckResult:
     finally:
         probe.close()
     return probe.result
+
+
+def _speed(limits: Sequence[Limit], connect: float | None, first_byte: float | None,
+           waited: float | None = None, connecting: bool = False
+           ) -> tuple[list[str], list[Limit], list[Limit]]:
+    """Hold connect and first-byte times (seconds; None = not reached) against each
+    limit: (what was too slow, as diagnosis parts; limits met; limits not judged,
+    because the wait was cut at `waited` seconds before they ran out)."""
+    over: dict[str, list[Limit]] = {"connect": [], "headers": []}
+    met: list[Limit] = []
+    unjudged: list[Limit] = []
+    for limit in limits:
+        if connect is not None and connect > limit.connect:
+            over["connect"].append(limit)
+        elif connecting and waited is not None and waited >= limit.connect:
+            over["connect"].append(limit)
+        elif first_byte is not None:
+            (over["headers"] if first_byte > limit.headers else met).append(limit)
+        elif waited is not None and waited >= limit.headers:
+            over["headers"].append(limit)
+        else:
+            unjudged.append(limit)
+    if connect is not None:
+        took = {"connect": f"connected after {_secs(connect)} s"}
+    else:
+        took = {"connect": f"not connected within {waited:g} s"}
+    took["headers"] = (f"first byte after {_secs(first_byte)} s" if first_byte is not None
+                       else f"no answer within {waited:g} s")
+    parts = [f"{took[name]}, " + ", ".join(f"{limit.who} allows "
+                                           f"{getattr(limit, name):g} s" for limit in exceeded)
+             + f" (timeouts.{name})" for name, exceeded in over.items() if exceeded]
+    return parts, met, unjudged
+
+
+def _for_routes(prefix: str, limits: Sequence[Limit]) -> str:
+    return f"{prefix} {', '.join(limit.who for limit in limits)}" if limits else ""
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.2g}"
 
 
 def _phase_words(phase: str) -> str:
@@ -430,7 +576,7 @@ def _os_reason(exc: BaseException) -> str:
 class _NotHTTP(Exception):
     def __init__(self, data: bytes) -> None:
         super().__init__("not HTTP")
-        self.snippet = _snippet(data)
+        self.data = data
 
 
 async def _read_head(first: bytes, reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
@@ -480,30 +626,6 @@ async def _read_body(headers: Mapping[str, str], reader: asyncio.StreamReader) -
         except asyncio.IncompleteReadError as exc:
             return exc.partial
     return await reader.read(MAX_BODY)
-
-
-# ---------------------------------------------------------------------------
-# secrets
-
-
-def _secret_values(config: Config) -> list[str]:
-    """Every configured header value, and the token part of "Scheme token" values."""
-    values: set[str] = set()
-    for upstream in config.upstreams.values():
-        for secret in upstream.headers.values():
-            value = secret.get_secret_value().strip()
-            if value:
-                values.add(value)
-                token = value.partition(" ")[2].strip()
-                if len(token) >= 4:      # "Bearer <token>": the token alone is the secret too
-                    values.add(token)
-    return sorted(values, key=len, reverse=True)
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
 
 
 # ---------------------------------------------------------------------------
@@ -560,50 +682,82 @@ def render_table(results: Sequence[CheckResult]) -> str:
     return "\n".join(lines)
 
 
-def render_json(results: Sequence[CheckResult]) -> str:
-    return json.dumps([r.to_json() for r in results], indent=2)
+@dataclass(frozen=True)
+class Summary:
+    """The verdicts under the table: per route, per checksum database, and notes."""
+
+    routes: list[tuple[RouteVerdict, str]]        # (verdict, its line)
+    sumdb: list[tuple[str, list[str], str]]       # (database, its working URLs' names, its line)
+    notes: list[str]
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, line in self.routes] + [line for *_, line in self.sumdb] + self.notes
+
+    @property
+    def problems(self) -> list[str]:
+        """The exit-1 reasons: routes without a working upstream."""
+        return [line for verdict, line in self.routes if not verdict.ok]
 
 
-def summary_lines(config: Config, results: Sequence[CheckResult]) -> tuple[list[str], list[str]]:
-    """(lines about routes and databases, problems): problems are also the exit-1 reasons."""
+def summarize(config: Config, results: Sequence[CheckResult], timeout: float | None = None) -> Summary:
     by_name = {r.name: r for r in results if r.kind == "upstream"}
-    lines: list[str] = []
-    problems: list[str] = []
+    routes: list[tuple[RouteVerdict, str]] = []
     for verdict in route_verdicts(config, results):
         total = len(verdict.upstreams)
         if verdict.ok:
-            lines.append(f"route {verdict.route}: ok, {len(verdict.working)} of {total} upstreams "
-                         f"working ({', '.join(verdict.working)})")
+            line = (f"route {verdict.route}: ok, {len(verdict.working)} of {total} upstreams "
+                    f"working ({', '.join(verdict.working)})")
         else:
             why = "; ".join(f"{u}: {by_name[u].diagnosis}" for u in verdict.upstreams if u in by_name)
-            problem = f"route {verdict.route}: NO WORKING UPSTREAM ({why})"
-            lines.append(problem)
-            problems.append(problem)
+            line = f"route {verdict.route}: NO WORKING UPSTREAM ({why})"
+        routes.append((verdict, line))
+    sumdb: list[tuple[str, list[str], str]] = []
     for db in config.sumdb:
         rows = [r for r in results if r.kind == "sumdb"
                 and (r.name == db.name or r.name.startswith(f"{db.name} mirror "))]
         working = [r.name for r in rows if r.ok]
         if working:
-            lines.append(f"checksum database {db.name}: ok ({', '.join(working)})")
+            line = f"checksum database {db.name}: ok ({', '.join(working)})"
         else:
-            lines.append(f"checksum database {db.name}: warning: no URL works; the go command's "
-                         "checksum lookups through this router will fail")
-    return lines, problems
+            line = (f"checksum database {db.name}: warning: no URL works; the go command's "
+                    "checksum lookups through this router will fail")
+        sumdb.append((db.name, working, line))
+    cut = any(r.failure in ("timeout", "slow") for r in results)
+    note = shorter_than_routes(config, timeout) if cut else None
+    return Summary(routes, sumdb, [note] if note else [])
 
 
-def run(config: Config, timeout: float, as_json: bool = False,
+def render_json(results: Sequence[CheckResult], summary: Summary) -> str:
+    """One object: every row ("targets"), each route's verdict, each database's, any notes."""
+    return json.dumps({
+        "targets": [r.to_json() for r in results],
+        "routes": [{"name": v.route, "ok": v.ok, "upstreams": list(v.upstreams),
+                    "working": list(v.working),
+                    "timeouts": {"connect": v.timeouts.connect, "headers": v.timeouts.headers},
+                    "summary": line} for v, line in summary.routes],
+        "sumdb": [{"name": name, "ok": bool(working), "working": working, "summary": line}
+                  for name, working, line in summary.sumdb],
+        "notes": summary.notes,
+    }, indent=2)
+
+
+def run(config: Config, timeout: float | None = None, as_json: bool = False,
         out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Check, print, and return the exit status (0 every route has a working upstream, else 1)."""
+    """Check, print, and return the exit status (0 every route has a working upstream, else 1).
+
+    `timeout` None: each target is given as long as serve would wait for it.
+    """
     out = out or sys.stdout
     err = err or sys.stderr
     results = asyncio.run(check_all(config, timeout))
-    lines, problems = summary_lines(config, results)
+    summary = summarize(config, results, timeout)
     if as_json:
-        print(render_json(results), file=out)
-        for problem in problems:
+        print(render_json(results, summary), file=out)
+        for problem in summary.problems:
             print(f"goproxy-router: {problem}", file=err)
     else:
         print(render_table(results), file=out)
         print(file=out)
-        print("\n".join(lines), file=out)
-    return 1 if problems else 0
+        print("\n".join(summary.lines), file=out)
+    return 1 if summary.problems else 0

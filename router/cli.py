@@ -80,7 +80,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     """Probe every upstream and checksum database: 0 all routes served, 1 a route is not, 2 bad config."""
     from router.check import run
 
-    if not 0 < args.timeout < float("inf"):
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
         print(f"goproxy-router: --timeout must be a positive number of seconds, not {args.timeout}",
               file=sys.stderr)
         return 2
@@ -259,9 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check_cmd = command("check", "probe every upstream and checksum database; "
                                  "exit 1 if a route has no working upstream")
-    check_cmd.add_argument("--timeout", type=float, default=5.0,
-                           help="seconds allowed for each target, all phases together")
-    check_cmd.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    check_cmd.add_argument("--timeout", type=float, default=None,
+                           help="seconds allowed for each target, all phases together (default: as "
+                                "long as serve would wait, the longest timeouts.connect and "
+                                "timeouts.headers of the routes using it)")
+    check_cmd.add_argument("--json", action="store_true",
+                           help="print one JSON object (targets, routes, sumdb, notes) instead of a table")
     check_cmd.set_defaults(run=_cmd_check)
 
     explain_cmd = command("explain", "why each upstream ranks where it does")

@@ -31,6 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from router.patterns import PatternError, validate_glob
 from router.protocol import sumdb_name_problem
+from router.redact import redact
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Loc = tuple[str | int, ...]
@@ -84,10 +85,11 @@ def _http_url(value: str) -> str:
     from yarl import URL
 
     url = URL(value.strip())
+    shown = redact(value)           # an error quotes the URL back: never its user:password@
     if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        raise ValueError(f"{shown!r} is not an http(s) URL with a host")
     if url.query_string or url.fragment:
-        raise ValueError(f"{value!r} must not have a query or fragment")
+        raise ValueError(f"{shown!r} must not have a query or fragment")
     return str(url).rstrip("/")
 
 

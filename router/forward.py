@@ -41,6 +41,7 @@ from router.integrity import (
     small_body_problem,
 )
 from router.logs import log_event
+from router.redact import redact
 from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
     AttemptError,
@@ -368,8 +369,8 @@ class Forwarder:
     async def _refused(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
                        response: UpstreamResponse, started: float) -> Attempt:
         """A status other than 200: "not here" for 404/410, a failure otherwise."""
-        excerpt = "" if plan.method == "HEAD" else target.redact(
-            await response.read_text(ERROR_EXCERPT))
+        excerpt = "" if plan.method == "HEAD" else redact(
+            await response.read_text(ERROR_EXCERPT), target.secrets)
         status_line = f"{response.status} {response.reason}".strip()
         suffix = f": {excerpt}" if excerpt else ""
         if response.status in (404, 410):

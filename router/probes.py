@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from router.config import Probes, Timeouts
 from router.logs import log_event
+from router.redact import redact
 from router.stats import BreakerState, StatsRegistry, UpstreamStats
 from router.upstream import AttemptError, AttemptTimeout, UpstreamClient, UpstreamTarget
 
@@ -101,6 +102,7 @@ class Prober:
 
     def _failed(self, probe: ProbeTarget, stats: UpstreamStats, started: float, error: str) -> None:
         elapsed = time.monotonic() - started
+        error = redact(error, probe.target.secrets)
         stats.record_failure(elapsed, f"probe: {error}")
         log_event(log, logging.WARNING, "probe failed", upstream=probe.target.name,
                   path=probe.path, elapsed=round(elapsed, 4), error=error,

@@ -30,6 +30,7 @@ from aiohttp import web
 from router import __version__
 from router.config import Config, ConfigError
 from router.logs import log_event
+from router.redact import redact
 
 log = logging.getLogger("router.server")
 
@@ -112,15 +113,16 @@ class Reloader:
                 config = self._load(self._path)
             except ConfigError as exc:
                 self._rejected()
+                # A bad URL is quoted back in its error, with any user:password@ in it.
                 log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
-                          reason=reason, path=self._path, errors=exc.errors)
+                          reason=reason, path=self._path, errors=[redact(e) for e in exc.errors])
                 return False
             try:
                 await self._apply(config)  # type: ignore[misc]
             except Exception as exc:   # valid, but e.g. admin.token_env's variable is unset
                 error = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
                 log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
-                          reason=reason, path=self._path, error=error)
+                          reason=reason, path=self._path, error=redact(error))
                 return False
             log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
             return True

@@ -51,7 +51,6 @@ import hashlib
 import html
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -62,7 +61,9 @@ from aiohttp import web
 from yarl import URL
 
 import router
+from router.redact import redact
 from router.stats import BreakerState
+from router.upstream import config_secrets
 
 if TYPE_CHECKING:
     from router.app import EdgeState
@@ -169,49 +170,10 @@ def _wall(monotonic: float) -> float:
 
 # -- redaction -------------------------------------------------------------------
 
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
-# "Bearer <credential>": a credential is long and has no spaces ("basic auth" is left alone).
-_AUTH_SCHEME = re.compile(
-    r"(?i)\b(bearer|basic|digest|negotiate|token)\s+(?=[A-Za-z0-9._~+/=:-]*\d)[A-Za-z0-9._~+/=:-]{8,}")
-# "Authorization: <value>", "api_key=<value>", "password": "<value>" ...
-_SECRET_FIELD = re.compile(
-    r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-[a-z0-9-]*(?:token|key|auth)"
-    r"|[a-z0-9_-]*(?:token|secret|password|passwd|api[_-]?key))(\"?\s*[:=]\s*\"?)"
-    r"(?:(?:bearer|basic|digest|negotiate|token)\s+)?[^\s\"'&,;]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-REDACTED = "[redacted]"
-
 
 def secret_values(state: EdgeState) -> tuple[str, ...]:
     """Every configured upstream header value and URL credential, longest first."""
-    found: set[str] = set()
-    for upstream in state.config.upstreams.values():
-        for value in upstream.headers.values():
-            secret = value.get_secret_value()
-            found.add(secret)
-            # "Bearer abc" leaks as "abc" too.
-            found.update(part for part in secret.split() if len(part) >= 4)
-        url = URL(upstream.url)
-        found.update(p for p in (url.user, url.password, url.raw_user, url.raw_password) if p)
-    return tuple(sorted((s for s in found if len(s) >= 4), key=len, reverse=True))
-
-
-def redact(text: str, secrets: Iterable[str] = (), limit: int = LAST_ERROR_MAX) -> str:
-    """Upstream-supplied text made safe to show: no known secret, no credential-shaped
-    value, no control characters, at most `limit` characters."""
-    text = _CONTROL.sub(" ", text)
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    text = _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", text)
-    text = _SECRET_FIELD.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-    text = _AUTH_SCHEME.sub(lambda m: m.group(1) + " " + REDACTED, text)
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit - 1].rstrip() + "\u2026"
-    # The cut may have split a secret that was only partly replaced: scrub again.
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
+    return config_secrets(state.config)
 
 
 def public_url(url: str, secrets: Iterable[str] = ()) -> str:
@@ -219,7 +181,7 @@ def public_url(url: str, secrets: Iterable[str] = ()) -> str:
     try:
         shown = str(URL(url).with_user(None).with_query(None).with_fragment(None))
     except (ValueError, TypeError):
-        shown = _URL_USERINFO.sub(lambda m: m.group(1), url)
+        shown = url
     return redact(shown, secrets, limit=200)
 
 
@@ -290,7 +252,7 @@ def build_snapshot(state: EdgeState, history: StatusHistory,
             last_error = None
             if stats.last_error:
                 last_error = {
-                    "message": redact(stats.last_error, secrets),
+                    "message": redact(stats.last_error, secrets, limit=LAST_ERROR_MAX),
                     "age_s": (_round(max(now - stats.last_error_at, 0.0))
                               if stats.last_error_at is not None else None),
                 }

@@ -14,7 +14,7 @@ from router.config import Hedge, SumDB, Timeouts
 from router.forward import Forwarder, ForwardPlan, text_response
 from router.protocol import SumdbRequest
 from router.routes import CompiledRoute
-from router.upstream import UpstreamTarget
+from router.upstream import UpstreamTarget, sumdb_targets
 
 
 class SumdbProxy:
@@ -24,11 +24,7 @@ class SumdbProxy:
         self._forwarder = forwarder
         self._timeouts = timeouts
         self._targets: dict[str, tuple[UpstreamTarget, ...]] = {
-            db.name: tuple(
-                UpstreamTarget(name=db.name if i == 0 else f"{db.name} mirror {i}", base_url=url)
-                for i, url in enumerate((db.url, *db.mirrors))
-            )
-            for db in databases
+            db.name: sumdb_targets(db) for db in databases
         }
 
     async def handle(self, request: web.Request, req: SumdbRequest,

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import SecretStr
 from yarl import URL
 
 from router import __version__
-from router.config import Timeouts, Upstream
+from router.config import Config, SumDB, Timeouts, Upstream
+from router.redact import secret_values
 
 USER_AGENT = f"goproxy-router/{__version__}"
 # The response body buffer's low-water mark (aiohttp pauses the socket above twice
@@ -44,36 +46,59 @@ class AttemptError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTarget:
-    """A named upstream as the sender sees it: base URL and its own secrets."""
+    """A named upstream as the sender sees it: base URL, its own headers, and the
+    secrets among them (what `redact` must scrub from anything this upstream says).
+
+    `for_url` is the one place an upstream's request is built, for serving,
+    active probes, checksum databases and `check` alike.
+    """
 
     name: str
     base_url: str
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def for_url(cls, name: str, url: str,
+                headers: Mapping[str, SecretStr | str] | None = None) -> UpstreamTarget:
+        """Credentials in the URL (user:password@) become a Basic Authorization header:
+        the base URL itself, which appears in logs and pages, then carries none."""
+        sent = {k: v.get_secret_value() if isinstance(v, SecretStr) else v
+                for k, v in (headers or {}).items()}
+        parsed = URL(url)
+        in_url: list[str] = []
+        if parsed.user is not None or parsed.password is not None:
+            user, password = parsed.user or "", parsed.password or ""
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            sent.setdefault("Authorization", f"Basic {token}")
+            # The user too: it may be the token itself (https://TOKEN@host).
+            in_url = [v for v in (user, password, parsed.raw_user, parsed.raw_password) if v]
+            parsed = parsed.with_user(None)
+        return cls(name=name, base_url=str(parsed).rstrip("/"), headers=sent,
+                   secrets=secret_values([*sent.values(), *in_url]))
 
     @classmethod
     def from_config(cls, name: str, upstream: Upstream) -> UpstreamTarget:
-        """Credentials in the URL (user:password@) become a Basic Authorization header:
-        the base URL itself, which appears in logs and pages, then carries none."""
-        secrets = {k: v.get_secret_value() for k, v in upstream.headers.items()}
-        url = URL(upstream.url)
-        if url.user is not None or url.password is not None:
-            token = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
-            secrets.setdefault("Authorization", f"Basic {token}")
-            url = url.with_user(None)
-        return cls(name=name, base_url=str(url).rstrip("/"), headers=secrets)
-
-    def redact(self, text: str) -> str:
-        """`text` (e.g. an upstream's error body) with this upstream's secrets masked,
-        should it echo our request headers back."""
-        for value in self.headers.values():
-            for secret in {value, value.partition(" ")[2]}:
-                if len(secret) >= 4:
-                    text = text.replace(secret, "***")
-        return text
+        return cls.for_url(name, upstream.url, upstream.headers)
 
     def url_for(self, path: str) -> URL:
         """Join the base URL (which may carry a path prefix) and an escaped path."""
         return URL(self.base_url + path, encoded=True)
+
+
+def sumdb_targets(db: SumDB) -> tuple[UpstreamTarget, ...]:
+    """A checksum database's URL and its mirrors, named as logs and errors name them."""
+    return tuple(UpstreamTarget.for_url(db.name if i == 0 else f"{db.name} mirror {i}", url)
+                 for i, url in enumerate((db.url, *db.mirrors)))
+
+
+def config_secrets(config: Config) -> tuple[str, ...]:
+    """Every secret of every upstream and checksum database URL in `config`, longest first."""
+    found = {secret for name, upstream in config.upstreams.items()
+             for secret in UpstreamTarget.from_config(name, upstream).secrets}
+    found.update(secret for db in config.sumdb for target in sumdb_targets(db)
+                 for secret in target.secrets)
+    return tuple(sorted(found, key=lambda s: (-len(s), s)))
 
 
 class UpstreamResponse:

@@ -8,6 +8,7 @@ TLD, which never resolves. Every wait is bounded by a small --timeout.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import json
@@ -27,8 +28,12 @@ import pytest
 import yaml
 from aiohttp import web
 
+from router.app import EdgeState
 from router.check import CheckResult, check_all, render_table, route_verdicts, run
 from router.config import Config, parse_config
+from router.redact import REDACTED, redact, secret_values
+from router.stats import StatsRegistry
+from router.upstream import UpstreamClient
 from tests.conftest import REPO_ROOT
 from tests.support import FakeProxy, Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
 
@@ -40,16 +45,20 @@ DB = "sum.example.com"
 TREE_HEAD = (f"go.sum database tree\n1234\nq5Ws6QkR2aO0bF1k6w0z3wYQ1b9hQ2y5m1mI5B9CkXQ=\n\n"
              f"\u2014 {DB} Az3grqnJkvS5mLlFdWbY+bTmiJkkQ3PNwI1u0QoYlYk3AJLsD+2ObJ8Zk4w=\n")
 SECRET = "s3cret-token-9f8e7d"
+USER, PASSWORD = "ci-deploy", "s3cret-pass"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 NO_DNS = "http://no-such-host.invalid"
 
 MakeFake = Callable[..., Awaitable[FakeProxy]]
 
 
 def make_config(upstreams: dict[str, dict[str, Any]], routes: list[dict[str, Any]] | None = None,
-                sumdb: list[dict[str, Any]] | None = None, env: dict[str, str] | None = None) -> Config:
+                sumdb: list[dict[str, Any]] | None = None, env: dict[str, str] | None = None,
+                **top: Any) -> Config:
     data: dict[str, Any] = {
         "upstreams": upstreams,
         "routes": routes or [{"name": "public", "match": ["*"], "upstreams": list(upstreams)}],
+        **top,
     }
     if sumdb:
         data["sumdb"] = sumdb
@@ -424,7 +433,7 @@ async def test_secret_header_goes_to_its_upstream_only_and_is_never_printed(
     assert private.requests[0].header("Authorization") == f"Bearer {SECRET}"
     assert public.requests[0].header("Authorization") is None
     assert by_name["echo"].failure == "protocol"
-    assert "***" in by_name["echo"].diagnosis
+    assert REDACTED in by_name["echo"].diagnosis
     text = render_table(results) + json.dumps([r.to_json() for r in results])
     assert SECRET not in text
     assert "oops" in text
@@ -524,12 +533,20 @@ def test_cli_all_good_exits_0_and_never_prints_the_secret(
 
     as_json = run_cli(tmp_path, config, "--json", "--timeout", "3", env=env)
     assert as_json.returncode == 0, as_json.stderr
-    results = json.loads(as_json.stdout)
+    report = json.loads(as_json.stdout)
+    results = report["targets"]
     assert [(r["kind"], r["name"], r["status"], r["http_status"]) for r in results] == [
         ("upstream", "private", "ok", 200), ("upstream", "public", "ok", 200),
         ("sumdb", DB, "ok", 200)]
     assert set(results[0]) >= {"kind", "name", "url", "routes", "status", "dns_ms", "connect_ms",
-                               "tls_ms", "first_byte_ms", "diagnosis"}
+                               "tls_ms", "first_byte_ms", "until_first_byte_ms", "ok_for",
+                               "diagnosis"}
+    assert [(r["name"], r["ok"], r["working"]) for r in report["routes"]] == [
+        ("corp", True, ["private"]), ("public", True, ["public"])]
+    assert report["routes"][0]["summary"] == "route corp: ok, 1 of 1 upstreams working (private)"
+    assert report["sumdb"] == [{"name": DB, "ok": True, "working": [DB],
+                                "summary": f"checksum database {DB}: ok ({DB})"}]
+    assert report["notes"] == [] and table.stderr == ""
     for run_ in (table, as_json):
         assert SECRET not in run_.stdout + run_.stderr
     assert [r.header("Authorization") for r in private.requests] == [f"Bearer {SECRET}"] * 2
@@ -555,11 +572,17 @@ def test_cli_route_without_a_working_upstream_exits_1(
 
     as_json = run_cli(tmp_path, config, "--timeout", "3", "--json")
     assert as_json.returncode == 1
-    by_name = {r["name"]: r for r in json.loads(as_json.stdout)}
+    report = json.loads(as_json.stdout)
+    by_name = {r["name"]: r for r in report["targets"]}
     assert {n: r["failure"] for n, r in by_name.items()} == {
         "good": None, "broken": "http", "gone": "refused", "nodns": by_name["nodns"]["failure"]}
     assert by_name["nodns"]["failure"] in ("dns", "timeout")   # "timeout" only if DNS is broken here
     assert "route private: NO WORKING UPSTREAM" in as_json.stderr
+    routes = {r["name"]: r for r in report["routes"]}
+    assert (routes["private"]["ok"], routes["private"]["working"]) == (False, [])
+    assert routes["private"]["summary"].startswith("route private: NO WORKING UPSTREAM (broken: ")
+    assert (routes["public"]["ok"], routes["public"]["working"]) == (True, ["good"])
+    assert routes["public"]["upstreams"] == ["nodns", "good"]
 
 
 def test_cli_config_errors_exit_2(tmp_path: Path) -> None:
@@ -570,3 +593,180 @@ def test_cli_config_errors_exit_2(tmp_path: Path) -> None:
                                      "routes": [{"name": "r", "match": ["*"], "upstreams": ["u"]}]},
                           "--timeout", "0")
     assert bad_timeout.returncode == 2 and "--timeout" in bad_timeout.stderr
+
+
+# -- credentials in the URL, and judged against each route's timeouts --------------------
+
+
+@pytest.mark.parametrize("given_as", ["url userinfo", "header from ${VAR}"])
+def test_cli_basic_auth_upstream_is_healthy_and_its_password_never_printed(
+        tmp_path: Path, threaded_fake_proxy: Callable[..., ThreadedFakeProxy], given_as: str) -> None:
+    """An upstream requiring Basic auth, given as user:password@ in its URL or as an
+    Authorization header expanded from the environment: sent as serve sends it, so
+    reported healthy; neither the password nor its Basic encoding in any output."""
+    locked = threaded_fake_proxy(ModuleTree([MOD]), name="locked",
+                                 faults=Faults(required_headers={"Authorization": BASIC}))
+    if given_as == "url userinfo":
+        upstream = {"url": locked.url.replace("http://", f"http://{USER}:{PASSWORD}@")}
+    else:
+        upstream = {"url": locked.url, "headers": {"Authorization": "${CHECK_BASIC}"}}
+    config = {"upstreams": {"locked": {**upstream, "probe_path": LIST_PATH}},
+              "routes": [{"name": "corp", "match": ["*"], "upstreams": ["locked"]}]}
+    env = {"CHECK_BASIC": BASIC}
+    table = run_cli(tmp_path, config, env=env)
+    as_json = run_cli(tmp_path, config, "--json", env=env)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert as_json.returncode == 0, as_json.stdout + as_json.stderr
+    [row] = [line.split() for line in table.stdout.splitlines() if line.startswith("upstream")]
+    assert row[1:5] == ["locked", locked.url, "corp", "ok"]
+    assert "route corp: ok, 1 of 1 upstreams working (locked)" in table.stdout
+    report = json.loads(as_json.stdout)
+    [target] = report["targets"]
+    assert (target["url"], target["status"], target["http_status"]) == (locked.url, "ok", 200)
+    assert [(r["name"], r["ok"]) for r in report["routes"]] == [("corp", True)]
+    assert [r.header("Authorization") for r in locked.requests] == [BASIC, BASIC]
+    token = BASIC.split()[1]
+    for run_ in (table, as_json):
+        output = run_.stdout + run_.stderr
+        assert PASSWORD not in output and token not in output and USER not in output, output
+
+
+def test_cli_wrong_url_password_is_rejected_and_not_printed(
+        tmp_path: Path, threaded_fake_proxy: Callable[..., ThreadedFakeProxy]) -> None:
+    locked = threaded_fake_proxy(name="locked", faults=Faults(required_headers={"Authorization": BASIC}))
+    config = {"upstreams": {"locked": {"url": locked.url.replace("http://", f"http://{USER}:wr0ng-pass@")}},
+              "routes": [{"name": "corp", "match": ["*"], "upstreams": ["locked"]}]}
+    result = run_cli(tmp_path, config, "--json")
+    assert result.returncode == 1
+    [target] = json.loads(result.stdout)["targets"]
+    assert target["diagnosis"] == ("HTTP 403 from upstream: credentials missing or rejected "
+                                   "(sent: Authorization)")
+    assert "wr0ng-pass" not in result.stdout + result.stderr
+
+
+async def test_active_probe_sends_the_url_credentials(fake_proxy: MakeFake) -> None:
+    """The probes serve starts (EdgeState's Prober) send the upstream's URL credentials."""
+    locked = await fake_proxy(name="locked", faults=Faults(required_headers={"Authorization": BASIC}))
+    config = make_config({"locked": {"url": locked.url.replace("http://", f"http://{USER}:{PASSWORD}@")}},
+                         probes={"interval": 0.1, "timeout": 2.0}, scoring={"plugins": ["latency"]})
+    client = UpstreamClient()
+    await client.start()
+    state = EdgeState(config, client, StatsRegistry(), {})
+    state.prober.start()
+    try:
+        assert await locked.wait_until(lambda requests: len(requests) >= 2, timeout=5)
+    finally:
+        await state.prober.stop()
+        await client.close()
+        state.geo.close()
+    assert {r.header("Authorization") for r in locked.requests} == {BASIC}
+    stats = state.candidates["public"][0].stats
+    assert stats.failures == 0 and stats.requests >= 2
+
+
+async def test_upstream_slower_than_its_routes_headers_timeout_is_not_working_for_it(
+        fake_proxy: MakeFake) -> None:
+    """First byte after ~1 s: too slow for a route allowing 0.5 s, fine for one allowing 30 s."""
+    slow = await fake_proxy(name="slow", faults=Faults(delay=1.0))
+    config = make_config(
+        {"slow": {"url": slow.url}},
+        routes=[{"name": "corp", "match": ["corp.example"], "upstreams": ["slow"],
+                 "timeouts": {"headers": 0.5}},
+                {"name": "public", "match": ["*"], "upstreams": ["slow"]}])
+    started = time.monotonic()
+    [result] = await check_all(config)          # waits as long as route public would: 30 s
+    assert time.monotonic() - started < 5
+    assert (result.status, result.failure, result.ok_for) == ("fail", "slow", ["public"])
+    assert result.until_first_byte_ms is not None and result.until_first_byte_ms >= 1000
+    seconds = f"{result.until_first_byte_ms / 1000:.1f}"
+    assert result.diagnosis == (f"slow: first byte after {seconds} s, route corp allows 0.5 s "
+                                "(timeouts.headers); ok for route public")
+    assert [(v.route, v.working) for v in route_verdicts(config, [result])] == [
+        ("corp", ()), ("public", ("slow",))]
+
+
+async def test_waits_only_as_long_as_the_routes_allow_by_default(fake_proxy: MakeFake) -> None:
+    hung = await fake_proxy(name="hung", faults=Faults(hang=True))
+    config = make_config({"hung": {"url": hung.url}}, timeouts={"headers": 0.4})
+    started = time.monotonic()
+    [result] = await check_all(config)
+    assert time.monotonic() - started < 2
+    assert result.failure == "slow"
+    assert result.diagnosis == "slow: no answer within 0.4 s, route public allows 0.4 s (timeouts.headers)"
+    # A --timeout between two routes' limits judges the one it reaches, and says so of the other.
+    config = make_config({"hung": {"url": hung.url}}, routes=[
+        {"name": "corp", "match": ["corp.example"], "upstreams": ["hung"], "timeouts": {"headers": 0.2}},
+        {"name": "public", "match": ["*"], "upstreams": ["hung"]}])
+    [result] = await check_all(config, 0.4)
+    assert result.diagnosis == ("slow: no answer within 0.4 s, route corp allows 0.2 s "
+                                "(timeouts.headers); not judged (--timeout 0.4 s is shorter) "
+                                "for route public")
+
+
+async def test_connect_slower_than_the_routes_connect_timeout(fake_proxy: MakeFake) -> None:
+    up = await fake_proxy(name="up")
+    config = make_config({"up": {"url": up.url}}, routes=[
+        {"name": "corp", "match": ["*"], "upstreams": ["up"], "timeouts": {"connect": 1e-6}}])
+    [waited] = await check_all(config, 3.0)       # --timeout: let the connect finish, then judge
+    assert (waited.failure, waited.ok_for) == ("slow", [])
+    assert waited.diagnosis.startswith("slow: connected after ")
+    assert waited.diagnosis.endswith(" s, route corp allows 1e-06 s (timeouts.connect)")
+    [cut] = await check_all(config)              # as serve: give up when the connect limit runs out
+    assert cut.failure == "slow"
+    assert cut.diagnosis == "slow: not connected within 1e-06 s, route corp allows 1e-06 s (timeouts.connect)"
+
+
+def test_cli_fails_an_upstream_slower_than_its_routes_headers_timeout(
+        tmp_path: Path, threaded_fake_proxy: Callable[..., ThreadedFakeProxy]) -> None:
+    slow = threaded_fake_proxy(name="slow", faults=Faults(delay=1.0))
+    config = {"upstreams": {"slow": {"url": slow.url}},
+              "routes": [{"name": "corp", "match": ["*"], "upstreams": ["slow"],
+                          "timeouts": {"headers": 0.5}}]}
+    table = run_cli(tmp_path, config)
+    assert table.returncode == 1, table.stdout + table.stderr
+    assert ("route corp: NO WORKING UPSTREAM (slow: slow: no answer within 0.5 s, route corp "
+            "allows 0.5 s (timeouts.headers))") in table.stdout
+    as_json = run_cli(tmp_path, config, "--json", "--timeout", "3")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    [target] = report["targets"]
+    assert target["failure"] == "slow" and target["http_status"] == 404
+    assert target["diagnosis"].startswith("slow: first byte after 1.")
+    assert target["diagnosis"].endswith(" s, route corp allows 0.5 s (timeouts.headers)")
+    assert report["routes"] == [{
+        "name": "corp", "ok": False, "upstreams": ["slow"], "working": [],
+        "timeouts": {"connect": 5.0, "headers": 0.5},
+        "summary": f"route corp: NO WORKING UPSTREAM (slow: {target['diagnosis']})"}]
+    assert report["notes"] == []                 # --timeout 3 is longer than corp's 0.5 s
+
+
+def test_a_short_timeout_notes_the_routes_that_would_wait_longer(
+        threaded_fake_proxy: Callable[..., ThreadedFakeProxy]) -> None:
+    import io
+
+    slow = threaded_fake_proxy(name="slow", faults=Faults(delay=1.0))
+    config = make_config({"slow": {"url": slow.url}})     # route public: timeouts.headers 30 s
+    out = io.StringIO()
+    assert run(config, 0.3, out=out, err=io.StringIO()) == 1
+    text = out.getvalue()
+    assert "timeout after 0.3s while waiting for the response" in text
+    assert ("note: --timeout 0.3 is shorter than timeouts.headers (route public 30 s)") in text
+
+
+def test_one_redact_for_every_output() -> None:
+    """What the config's credentials turn into (a URL's Basic token, a header's token)
+    is scrubbed, even when an excerpt was cut in the middle of one; an auth scheme
+    word alone is not a secret."""
+    from router.upstream import UpstreamTarget
+
+    target = UpstreamTarget.for_url("u", f"https://{USER}:{PASSWORD}@h.example/base",
+                                    {"X-Api-Key": f"Key {SECRET}"})
+    assert target.base_url == "https://h.example/base"
+    assert target.headers == {"X-Api-Key": f"Key {SECRET}", "Authorization": BASIC}
+    assert {PASSWORD, USER, BASIC.split()[1], SECRET} <= set(target.secrets)
+    assert "Basic" not in target.secrets
+    echoed = f"401: you sent Authorization: {BASIC}\r\nand the excerpt ends in {SECRET[:9]}"
+    out = redact(echoed, target.secrets)
+    assert out == f"401: you sent Authorization: {REDACTED} and the excerpt ends in {REDACTED}"
+    assert redact(f"no user {USER}, pw {PASSWORD}", secret_values([PASSWORD, USER])) == \
+        f"no user {REDACTED}, pw {REDACTED}"

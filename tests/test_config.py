@@ -254,6 +254,17 @@ def test_validate_reports_unset_tokens_env(tmp_path: Path) -> None:
     assert "SURELY_UNSET_TOKENS_VAR is not set" in result.stderr
 
 
+def test_a_refused_upstream_url_is_quoted_without_its_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("upstreams:\n  a: {url: 'ftp://builder:hunter2-secret@mirror.example'}\n"
+                    "routes:\n  - {name: r, match: ['*'], upstreams: [a]}\n")
+    result = run_cli("validate", "--config", str(path))
+    assert result.returncode == 1
+    assert f"{path}:2: upstreams.a.url: 'ftp://[redacted]@mirror.example' is not an http(s) URL" \
+        in result.stderr
+    assert "hunter2-secret" not in result.stderr and "builder" not in result.stderr
+
+
 def test_validate_reports_an_unset_admin_token_variable(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text("upstreams:\n  a: {url: 'https://a.example'}\n"

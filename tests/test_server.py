@@ -169,7 +169,7 @@ def test_log_level_after_the_subcommand(router_process: Callable[..., RouterProc
     (["serve"], ["default: 30)", "default: 1)", "default: 2)", "default: routes.yaml",
                  "default: listen: in the config"]),
     (["validate"], ["default: routes.yaml"]),
-    (["check"], ["default: 5)", "default: routes.yaml"]),
+    (["check"], ["default: as long as serve would wait", "default: routes.yaml"]),
     (["explain"], ["default: routes.yaml", "default: explain locally"]),
 ])
 def test_help_shows_defaults(command: list[str], defaults: list[str]) -> None:

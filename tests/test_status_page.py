@@ -25,15 +25,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from router.app import EdgeState
 from router.config import parse_config
+from router.redact import redact
 from router.stats import StatsRegistry, StatsSettings
 from router.status import (
     CONTENT_SECURITY_POLICY,
+    LAST_ERROR_MAX,
     STATUS_HISTORY,
     STATUS_SOURCES,
     StatusHistory,
     build_snapshot,
     public_url,
-    redact,
     render_status,
     setup_status,
 )
@@ -319,7 +320,7 @@ def test_redact_removes_credentials_and_keeps_the_message() -> None:
         assert leaked not in out, leaked
     assert out.startswith("upstream said: Authorization: [redacted]")
     assert "basic auth required; retry later" in out
-    long = redact("x" * 500 + " Bearer " + "s3cret-token", secrets)
+    long = redact("x" * 500 + " Bearer " + "s3cret-token", secrets, limit=LAST_ERROR_MAX)
     assert len(long) <= 160 and "s3cret" not in long
     # A secret cut in half by the length limit must not survive partly either.
     assert "s3cret" not in redact("y" * 150 + "s3cret-token", ("s3cret-token",), limit=158)
