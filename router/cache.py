@@ -132,11 +132,11 @@ __all__ = [
     "CacheWriter",
     "Coalescer",
     "DiskCache",
+    "LIST_NAME",
     "Lease",
     "MetadataCache",
     "NegativeAnswer",
     "SweepReport",
-    "LIST_NAME",
     "TEMP_PREFIX",
     "WriteBudget",
     "artifact_relpath",
@@ -748,8 +748,10 @@ class DiskCache:
         process sharing the cache are serialised and the last one listed the
         directory after every change that preceded it. The new list is a
         locked temp file renamed into place: a reader sees the old list or the
-        new one, never a part. An empty list is removed. A failure is logged,
-        never raised: the artifact that triggered it is committed all the same.
+        new one, never a part. An empty list is removed. Not fsynced: a list is
+        derived data, and the next start's ``sweep()`` rewrites any list (one a
+        power loss left empty, say) that does not match its directory. A
+        failure is logged, never raised: the artifact is committed all the same.
         """
         try:
             dir_fd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -774,8 +776,6 @@ class DiskCache:
                 fd, tmp = _create_locked_temp(version_dir, LIST_NAME)
                 try:
                     _write_all(fd, [body])
-                    if self.fsync:
-                        os.fsync(fd)
                     os.replace(tmp, path)
                 except BaseException:
                     with contextlib.suppress(FileNotFoundError):
@@ -783,8 +783,6 @@ class DiskCache:
                     raise
                 finally:
                     os.close(fd)
-            if self.fsync:
-                os.fsync(dir_fd)
             self.lists_written += 1
             return True
         except OSError as e:

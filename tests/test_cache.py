@@ -628,7 +628,7 @@ async def test_list_is_replaced_atomically_never_half_written(
         make_cache: Callable[..., DiskCache]) -> None:
     """A reader polling the list while 40 versions are committed sees only whole lists,
     each a prefix of the commit order, and every rewrite is a new inode (a rename)."""
-    cache = make_cache()                                   # with fsync, as in production
+    cache = make_cache()
     module = "example.com/a"
     versions = [f"v1.{i}.0" for i in range(40)]
     path = cache.list_path(module)
