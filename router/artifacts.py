@@ -3,7 +3,10 @@
 Immutable artifacts (.info/.mod/.zip of a canonical version) live in the
 disk cache for good; list, @latest and non-canonical .info live briefly in
 memory, and their last good answer is kept to be served stale when every
-upstream fails. Concurrent requests for the same missing thing make one
+upstream fails; with no such answer (after a restart), a list is answered
+stale from the disk cache's own ``@v/list``, the versions it can serve.
+The memory copy stays authoritative: the disk list is never a fresh answer.
+Concurrent requests for the same missing thing make one
 upstream fetch. For a zip the first requester streams it as it arrives
 (teed into the cache); the others wait for the committed file and get it
 with sendfile — they would otherwise each hold a reader on a growing file
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import shutil
 import time
 import zipfile
@@ -104,7 +108,7 @@ class ArtifactCache:
                     forwarder: Forwarder) -> web.StreamResponse:
         if req.immutable:
             return await self._immutable(request, req, plan, forwarder)
-        return await self._metadata(request, plan, forwarder)
+        return await self._metadata(request, req, plan, forwarder)
 
     # -- immutable artifacts -------------------------------------------------------
 
@@ -226,7 +230,7 @@ class ArtifactCache:
 
     # -- metadata --------------------------------------------------------------------
 
-    async def _metadata(self, request: web.Request, plan: ForwardPlan,
+    async def _metadata(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
                         forwarder: Forwarder) -> web.StreamResponse:
         key = (plan.route, plan.path)
         fresh = self.meta.get_fresh(key)
@@ -244,11 +248,28 @@ class ArtifactCache:
             return self._meta_response(request, result, "miss")
         assert isinstance(result, Failure)
         stale = self.meta.get_stale(key) if result.status != 404 else None
+        if stale is None and result.status != 404 and plan.kind == "list":
+            stale = await self._disk_list(req.module)
         if stale is not None:
             _answered(self, request, "stale")
             return self._meta_response(request, stale[0], "stale")
         _answered(self, request, "miss")
         return text_response(result.status, result.text)
+
+    async def _disk_list(self, module: str) -> tuple[MetaAnswer, float] | None:
+        """The disk cache's ``@v/list`` as a stale answer with its age, or None.
+
+        It lists what this cache can serve whole (DiskCache keeps it current),
+        so it is true now whatever its age: ``stale_max_age`` does not apply.
+        """
+        found = await asyncio.to_thread(_read_list, self.disk.list_path(module))
+        if found is None:
+            return None
+        body, mtime = found
+        age = max(time.time() - mtime, 0.0)
+        answer = MetaAnswer(body, CONTENT_TYPES["list"], "cache", time.monotonic() - age,
+                            hashlib.blake2b(body, digest_size=8).hexdigest())
+        return answer, age
 
     async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | Failure:
         fetched = await forwarder.fetch(plan)
@@ -284,6 +305,17 @@ def _consistency_inputs(mod_path: Path, zip_path: Path, member: str) -> tuple[by
             return expected, archive.read(member)
     except (KeyError, OSError, zipfile.BadZipFile):
         return None
+
+
+def _read_list(path: Path) -> tuple[bytes, float] | None:
+    """(body, mtime) of a non-empty list file, or None (thread)."""
+    try:
+        with open(path, "rb") as f:
+            body = f.read()
+            mtime = os.fstat(f.fileno()).st_mtime
+    except OSError:
+        return None
+    return (body, mtime) if body else None
 
 
 def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:

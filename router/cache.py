@@ -12,6 +12,22 @@ Three independent pieces, each usable and testable alone:
     are also kept in a bounded in-memory LRU, so a hit on a ``.info`` costs a
     dict lookup rather than open/stat/sendfile.
 
+``<module>/@v/list`` in the same directory
+    The versions the cache can resolve: those whose ``.info`` and ``.mod``
+    are both on disk, one per line in semver order (pseudo-versions
+    included), as Go's own download cache writes it; so ``go get m@latest``
+    works against ``GOPROXY=file://<root>``, not only pinned downloads. It
+    describes the cache, not an upstream: an upstream's list names versions
+    the cache may lack, and once every upstream is gone the go command would
+    pick one of those and fail on its missing ``.info``. It is rewritten
+    (temp file, rename) after every commit of a ``.info``/``.mod``, after
+    evictions, and checked by ``sweep()``; each rewrite rebuilds it from a
+    directory listing while holding an exclusive ``flock`` on the ``@v``
+    directory, so the last rewrite always saw every rename and unlink that
+    preceded it, in any process. It is not an artifact (not indexed, not
+    counted against ``max_size``) and no ``@latest`` file is written: the go
+    command falls back to the list's pseudo-versions itself.
+
 ``MetadataCache``
     ``@v/list``, ``@latest`` and non-canonical ``.info`` answers with a short
     TTL, negative answers (404/410) with a shorter one, and the last good
@@ -99,7 +115,7 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -107,7 +123,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from cachetools import TTLCache
 
 from router.logs import log_event
-from router.protocol import escape_path, escape_version, is_canonical
+from router.protocol import ProtocolError, escape_path, escape_version, is_canonical, unescape_version
 
 __all__ = [
     "ARTIFACT_EXTS",
@@ -117,6 +133,7 @@ __all__ = [
     "CacheWriter",
     "Coalescer",
     "DiskCache",
+    "LIST_NAME",
     "Lease",
     "MetadataCache",
     "NegativeAnswer",
@@ -124,6 +141,7 @@ __all__ = [
     "TEMP_PREFIX",
     "WriteBudget",
     "artifact_relpath",
+    "list_body",
 ]
 
 log = logging.getLogger(__name__)
@@ -133,6 +151,11 @@ ARTIFACT_EXTS = frozenset({"info", "mod", "zip"})
 
 TEMP_PREFIX = ".tmp-"
 """Prefix of in-progress files; ``sweep()`` removes unlocked ones."""
+
+LIST_NAME = "list"
+"""``<module>/@v/list``: the versions whose ``.info`` and ``.mod`` are both cached."""
+
+_LISTED_EXTS = frozenset({"info", "mod"})
 
 _TEMP_SUFFIX = ".part"
 _IOV_MAX = 1024
@@ -165,6 +188,40 @@ def artifact_relpath(module: str, version: str, ext: str) -> str:
     if not is_canonical(version):
         raise ValueError(f"{module}@{version}: only canonical versions name immutable artifacts")
     return f"{escape_path(module)}/@v/{escape_version(version)}.{ext}"
+
+
+def list_body(names: Iterable[str]) -> bytes:
+    """The ``@v/list`` for an ``@v`` directory holding ``names``: every canonical
+    version with both a ``.info`` (to resolve it) and a ``.mod`` (to build with
+    it), one per line in semver order, as Go's download cache lists them."""
+    found: dict[str, set[str]] = {}
+    for name in names:
+        stem, dot, ext = name.rpartition(".")
+        if dot and ext in _LISTED_EXTS and not name.startswith("."):
+            found.setdefault(stem, set()).add(ext)
+    versions = []
+    for stem, exts in found.items():
+        if exts != _LISTED_EXTS:
+            continue
+        try:
+            version = unescape_version(stem)
+        except ProtocolError:
+            continue
+        if is_canonical(version):
+            versions.append(version)
+    versions.sort(key=_semver_key)
+    return "".join(f"{v}\n" for v in versions).encode()
+
+
+def _semver_key(version: str) -> tuple[Any, ...]:
+    """Sort key for a canonical version: semver precedence (a release after its
+    pre-releases, numeric identifiers before alphanumeric ones)."""
+    core, _, pre = version[1:].partition("+")[0].partition("-")
+    major, minor, patch = (int(n) for n in core.split("."))
+    if not pre:
+        return (major, minor, patch, 1, ())
+    ids = tuple((0, int(i), "") if i.isdigit() else (1, 0, i) for i in pre.split("."))
+    return (major, minor, patch, 0, ids)
 
 
 def _etag(st: os.stat_result) -> str:
@@ -205,6 +262,7 @@ class SweepReport(NamedTuple):
     files: int          # artifacts indexed
     size: int           # their total size in bytes
     evicted: int        # artifacts removed because the index exceeded max_size
+    lists: int = 0      # @v/list files rewritten (or removed) to match the directory
 
 
 class Lease:
@@ -355,7 +413,8 @@ class DiskCache:
 
     Counters for metrics: ``size``, ``files``, ``evictions``, ``evicted_bytes``,
     ``memory_size``, ``hits``, ``memory_hits``, ``misses``, ``commits``,
-    ``rejected`` (failed integrity checks), ``swept`` (temp files removed).
+    ``rejected`` (failed integrity checks), ``swept`` (temp files removed),
+    ``lists_written`` (``@v/list`` files rewritten or removed).
     """
 
     def __init__(
@@ -408,6 +467,7 @@ class DiskCache:
         self.commits = 0
         self.rejected = 0
         self.swept = 0
+        self.lists_written = 0   # @v/list rewrites and removals (namespace thread, sweep)
 
     @classmethod
     def open(cls, root: Path, max_size: int | None, **kwargs: Any) -> DiskCache:
@@ -421,6 +481,10 @@ class DiskCache:
     def path_for(self, module: str, version: str, ext: str) -> Path:
         """Where the artifact lives (or would live) on disk."""
         return self.root / artifact_relpath(module, version, ext)
+
+    def list_path(self, module: str) -> Path:
+        """Where ``module``'s ``@v/list`` lives (ProtocolError for an invalid path)."""
+        return self.root / escape_path(module) / "@v" / LIST_NAME
 
     def get(self, module: str, version: str, ext: str) -> CacheEntry | None:
         """The cached artifact, or None; a hit becomes the most recently used.
@@ -495,14 +559,18 @@ class DiskCache:
         """Delete unlocked ``.tmp-*`` leftovers and rebuild the index by scanning.
 
         Access order is seeded by mtime (oldest is evicted first); then evicts
-        down to ``max_size``. Blocking: call before serving, or in a thread
-        while nothing else uses this cache.
+        down to ``max_size`` and brings every ``@v/list`` in line with its
+        directory. Blocking: call before serving, or in a thread while
+        nothing else uses this cache.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         found: list[tuple[int, str, _Item]] = []
+        version_dirs: list[str] = []
         removed = busy = 0
         for dirpath, _dirs, names in os.walk(self.root):
             in_v = os.path.basename(dirpath) == "@v"
+            if in_v:
+                version_dirs.append(dirpath)
             for name in names:
                 full = os.path.join(dirpath, name)
                 if name.startswith(TEMP_PREFIX):
@@ -528,9 +596,13 @@ class DiskCache:
         self.size = sum(item.entry.size for item in self._index.values())
         self.files = len(self._index)
         self.swept += removed
-        before = self.evictions
+        before, lists_before = self.evictions, self.lists_written
         self._evict(background=False)
-        return SweepReport(removed, busy, self.files, self.size, self.evictions - before)
+        # After the evictions; also repairs lists a crash or an older release left behind.
+        for d in version_dirs:
+            self._refresh_list(Path(d))
+        return SweepReport(removed, busy, self.files, self.size, self.evictions - before,
+                           self.lists_written - lists_before)
 
     async def drain(self) -> None:
         """Wait for background unlinks and deferred temp-file cleanups."""
@@ -653,6 +725,7 @@ class DiskCache:
                         self._unlinked(key)
         for _, path, ino in doomed:
             _unlink_same(path, ino)
+        self._refresh_lists_of(key for key, _, _ in doomed)
 
     def _unlink_all(self, doomed: list[tuple[str, Path, int]]) -> None:
         """Background eviction (namespace thread)."""
@@ -662,6 +735,64 @@ class DiskCache:
             finally:
                 with self._unlinking_lock:
                     self._unlinked(key)
+        self._refresh_lists_of(key for key, _, _ in doomed)
+
+    def _refresh_lists_of(self, keys: Iterable[str]) -> None:
+        """Rewrite the ``@v/list`` of every module whose ``.info`` or ``.mod`` changed."""
+        dirs = {key.rpartition("/")[0] for key in keys if key.rpartition(".")[2] in _LISTED_EXTS}
+        for d in sorted(dirs):
+            self._refresh_list(self.root / d)
+
+    def _refresh_list(self, version_dir: Path) -> bool:
+        """Make ``<version_dir>/list`` match the directory (``list_body``); True if
+        it was rewritten or removed. Blocking (namespace thread, or sweep).
+
+        Under an exclusive flock on the directory itself, so rewrites by every
+        process sharing the cache are serialised and the last one listed the
+        directory after every change that preceded it. The new list is a
+        locked temp file renamed into place: a reader sees the old list or the
+        new one, never a part. An empty list is removed. Not fsynced: a list is
+        derived data, and the next start's ``sweep()`` rewrites any list (one a
+        power loss left empty, say) that does not match its directory. A
+        failure is logged, never raised: the artifact is committed all the same.
+        """
+        try:
+            dir_fd = os.open(version_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as e:
+            log.warning("cache: could not update %s/%s: %s", version_dir, LIST_NAME, e)
+            return False
+        try:
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            body = list_body(os.listdir(dir_fd))
+            path = version_dir / LIST_NAME
+            try:
+                current: bytes | None = path.read_bytes()
+            except FileNotFoundError:
+                current = None
+            if current == body or (current is None and not body):
+                return False
+            if not body:
+                os.unlink(path)
+            else:
+                fd, tmp = _create_locked_temp(version_dir, LIST_NAME)
+                try:
+                    _write_all(fd, [body])
+                    os.replace(tmp, path)
+                except BaseException:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    raise
+                finally:
+                    os.close(fd)
+            self.lists_written += 1
+            return True
+        except OSError as e:
+            log.warning("cache: could not update %s/%s: %s", version_dir, LIST_NAME, e)
+            return False
+        finally:
+            os.close(dir_fd)   # drops the lock
 
     def _unlinked(self, key: str) -> None:
         n = self._unlinking[key] - 1
@@ -728,6 +859,24 @@ def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
             else:
                 views[i] = views[i][n:]
                 n = 0
+
+
+def _create_locked_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """Create and flock a fresh ``.tmp-<random>-<name>.part`` in ``directory``.
+
+    The lock tells ``sweep()`` (of any process) that the file is live; a sweep
+    may have removed the name between our create and our lock, so retry then.
+    """
+    while True:
+        tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{name}{_TEMP_SUFFIX}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, tmp
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -1002,18 +1151,9 @@ class CacheWriter:
         """Create and lock a fresh temp file next to the final name (I/O thread)."""
         directory = self.path.parent
         self._created_dirs = _makedirs(directory)
-        while True:
-            tmp = directory / f"{TEMP_PREFIX}{secrets.token_hex(6)}-{self.path.name}{_TEMP_SUFFIX}"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                # A sweep may have removed the name between our create and our lock.
-                if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
-                    self._fd, self._tmp = fd, tmp
-                    return fd
-            except (BlockingIOError, FileNotFoundError):
-                pass
-            os.close(fd)
+        fd, self._tmp = _create_locked_temp(directory, self.path.name)
+        self._fd = fd
+        return fd
 
     def _write_blocking(self, chunks: list[bytes]) -> None:
         fd = self._fd if self._fd is not None else self._open_tmp()
@@ -1034,7 +1174,8 @@ class CacheWriter:
         return st
 
     def _publish_blocking(self) -> None:
-        """Rename into place, fsync the directories, release the lock (namespace thread)."""
+        """Rename into place, fsync the directories, release the lock, then list
+        the version in ``@v/list`` if it is now resolvable (namespace thread)."""
         fd, tmp = self._fd, self._tmp
         assert fd is not None and tmp is not None
         os.replace(tmp, self.path)
@@ -1044,6 +1185,8 @@ class CacheWriter:
                 _fsync_dir(d)
         self._fd = None
         os.close(fd)
+        if self.ext in _LISTED_EXTS:
+            self._cache._refresh_list(self.path.parent)
 
     def _verify(self, fd: int, size: int) -> None:
         """Content checks that catch truncation and error pages served as 200."""

@@ -35,6 +35,7 @@ from router.cache import (
     MetadataCache,
     NegativeAnswer,
     artifact_relpath,
+    list_body,
 )
 from router.config import Cache
 from router.logs import JsonFormatter
@@ -327,13 +328,14 @@ async def test_sweep_indexes_existing_files_oldest_first(
     for i, age in enumerate([300, 100, 400, 200]):           # LRU order: 2, 0, 3, 1
         os.utime(a.root / mod_key(i), (now - age, now - age))
     (a.root / "example.com/m0/@v/list").write_text("v1.0.0\n")         # not an artifact
-    (a.root / "example.com/m0/@v/v1.0.0.lock").write_text("")
+    (a.root / "example.com/m0/@v/v1.0.0.lock").write_text("")          # a stranger
     b = DiskCache(a.root, 2500, fsync=False)
     try:
         report = b.sweep()
         assert report.files == 2 and report.size == 2000 and report.evicted == 2
-        assert artifacts(a.root) == {mod_key(1), mod_key(3), "example.com/m0/@v/list",
-                                     "example.com/m0/@v/v1.0.0.lock"}
+        # m0's list named a version without .info (and now without .mod): removed.
+        assert report.lists == 1
+        assert artifacts(a.root) == {mod_key(1), mod_key(3), "example.com/m0/@v/v1.0.0.lock"}
         assert (b.size, b.files, b.evictions) == (2000, 2, 2)
     finally:
         b.close()
@@ -594,6 +596,203 @@ def test_eviction_matches_an_lru_model(tmp_path: Path) -> None:
             cache.close()
 
     run()
+
+
+# -- @v/list ------------------------------------------------------------------------------
+
+def info_body(version: str) -> bytes:
+    return json.dumps({"Version": version, "Time": "2024-01-02T03:04:05Z"}).encode()
+
+
+async def put_version(cache: DiskCache, module: str, version: str,
+                      exts: tuple[str, ...] = ("info", "mod")) -> None:
+    """A version's .info and/or .mod (the .mod's content is not checked)."""
+    for ext in exts:
+        body = info_body(version) if ext == "info" else f"module {module}\n".encode()
+        await store(cache, module, version, ext, body)
+
+
+def listed(cache: DiskCache, module: str) -> list[str] | None:
+    """The versions in the module's @v/list, or None when there is no list file."""
+    try:
+        text = cache.list_path(module).read_text()
+    except FileNotFoundError:
+        return None
+    assert text.endswith("\n"), f"list without its final newline: {text!r}"
+    return text.splitlines()
+
+
+def test_list_body_lists_resolvable_versions_in_semver_order() -> None:
+    names = ["v1.10.0.info", "v1.10.0.mod", "v1.2.0.mod", "v1.2.0.info", "v1.2.0.zip",
+             "v1.2.0-!r!c1.info", "v1.2.0-!r!c1.mod",                   # v1.2.0-RC1
+             "v1.2.0-rc.2.info", "v1.2.0-rc.2.mod", "v1.2.0-rc.10.info", "v1.2.0-rc.10.mod",
+             "v0.0.0-20240102030405-abcdefabcdef.info", "v0.0.0-20240102030405-abcdefabcdef.mod",
+             "v2.0.0+incompatible.info", "v2.0.0+incompatible.mod",
+             "v1.3.0.mod",                       # no .info: cannot be resolved
+             "v1.4.0.info", "v1.4.0.zip",        # no .mod: cannot be built with
+             "v1.5.0.info.lock", ".tmp-0a1b-v1.6.0.info.part", "list", "v1.7.info", "v1.7.mod",
+             "v1.8.0-!bad!.info", "v1.8.0-!bad!.mod"]
+    assert list_body(names).decode().splitlines() == [
+        "v0.0.0-20240102030405-abcdefabcdef", "v1.2.0-RC1", "v1.2.0-rc.2", "v1.2.0-rc.10",
+        "v1.2.0", "v1.10.0", "v2.0.0+incompatible"]
+    assert list_body(["v1.0.0.info", "v1.0.0.zip"]) == b""
+
+
+async def test_list_is_kept_by_commits_without_any_list_request(
+        make_cache: Callable[..., DiskCache]) -> None:
+    cache = make_cache(fsync=False)
+    module = "example.com/BigCo/lib"
+    await put_version(cache, module, "v1.1.0", ("mod",))
+    assert listed(cache, module) is None                 # a .mod alone resolves nothing
+    await put_version(cache, module, "v1.1.0", ("info",))
+    assert listed(cache, module) == ["v1.1.0"]           # the .info commit listed it
+    await put_version(cache, module, "v1.0.0-RC1")
+    await put_version(cache, module, "v1.10.0")
+    await store(cache, module, "v1.2.0", "info", info_body("v1.2.0"))
+    assert listed(cache, module) == ["v1.0.0-RC1", "v1.1.0", "v1.10.0"]
+    assert cache.list_path(module) == cache.root / "example.com/!big!co/lib/@v/list"
+    # The list is no artifact: not indexed, not counted, and a fresh index agrees.
+    assert (cache.files, cache.size) == (7, sum(p.stat().st_size for p in cache.root.rglob("v*.*")))
+    again = make_cache(root=cache.root, fsync=False)
+    assert (again.files, again.size) == (cache.files, cache.size) and again.lists_written == 0
+    assert temp_files(cache.root) == []
+
+
+async def test_list_is_replaced_atomically_never_half_written(
+        make_cache: Callable[..., DiskCache]) -> None:
+    """A reader polling the list while 40 versions are committed sees only whole lists,
+    each a prefix of the commit order, and every rewrite is a new inode (a rename)."""
+    cache = make_cache()
+    module = "example.com/a"
+    versions = [f"v1.{i}.0" for i in range(40)]
+    path = cache.list_path(module)
+    seen: set[tuple[str, ...]] = set()
+    inodes: set[int] = set()
+    bad: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    inodes.add(os.fstat(f.fileno()).st_ino)
+                    text = f.read().decode()
+            except FileNotFoundError:
+                continue
+            lines = text.splitlines()
+            if not text.endswith("\n") or lines != versions[:len(lines)]:
+                bad.append(text)
+            seen.add(tuple(lines))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for v in versions:
+            await put_version(cache, module, v)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not bad, bad[:3]
+    assert listed(cache, module) == versions
+    assert len(seen) > 5 and len(inodes) >= len(seen)     # the reader did see it change
+    assert cache.lists_written == len(versions) and temp_files(cache.root) == []
+
+
+async def test_an_evicted_version_leaves_the_list(make_cache: Callable[..., DiskCache]) -> None:
+    info_size = len(info_body("v1.0.0"))
+    bound = 3 * (info_size + 300) + 10
+    cache = make_cache(bound, fsync=False)
+    module = "example.com/a"
+    for v in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        await store(cache, module, v, "info", info_body(v))
+        await store(cache, module, v, "mod", b"m" * 300)
+    assert listed(cache, module) == ["v1.0.0", "v1.1.0", "v1.2.0"]
+    assert cache.get(module, "v1.1.0", "info") is not None       # v1.1.0.info used lately
+    # LRU order: 1.0.0.info, 1.0.0.mod, 1.1.0.mod, 1.2.0.info, 1.2.0.mod, 1.1.0.info
+    await store(cache, "example.com/other", "v1.0.0", "mod", b"o" * (info_size + 300))
+    await cache.drain()
+    assert not cache.path_for(module, "v1.0.0", "info").exists()
+    assert listed(cache, module) == ["v1.1.0", "v1.2.0"]
+    # v1.1.0 keeps its .info but loses its .mod: it can no longer be built, so not listed.
+    await store(cache, "example.com/other", "v1.1.0", "mod", b"o" * 300)
+    await cache.drain()
+    assert cache.path_for(module, "v1.1.0", "info").exists()
+    assert not cache.path_for(module, "v1.1.0", "mod").exists()
+    assert listed(cache, module) == ["v1.2.0"]
+    await store(cache, "example.com/other", "v1.2.0", "mod", b"o" * bound)  # evicts the rest
+    await cache.drain()
+    assert listed(cache, module) is None                  # nothing left to list: no list
+    assert temp_files(cache.root) == []
+
+
+async def test_sweep_repairs_lists_left_by_a_crash_or_an_older_release(
+        make_cache: Callable[..., DiskCache]) -> None:
+    cache = make_cache(fsync=False)
+    await put_version(cache, "example.com/a", "v1.0.0")
+    await put_version(cache, "example.com/b", "v0.1.0")
+    await put_version(cache, "example.com/b", "v0.2.0")
+    cache.list_path("example.com/a").unlink()                        # never written
+    cache.list_path("example.com/b").write_text("v0.1.0\nv0.2.0\nv0.3.0\n")   # one unlinked
+    stale = cache.list_path("example.com/b").parent / ".tmp-0123456789ab-list.part"
+    stale.write_text("v0.")                                          # a killed rewrite's temp
+    report = make_cache(root=cache.root, sweep=False).sweep()
+    assert (report.lists, report.removed_temp, report.files) == (2, 1, 6)
+    assert listed(cache, "example.com/a") == ["v1.0.0"]
+    assert listed(cache, "example.com/b") == ["v0.1.0", "v0.2.0"]
+    assert make_cache(root=cache.root, sweep=False).sweep().lists == 0    # nothing to do now
+
+
+LIST_WRITER_SCRIPT = r"""
+import asyncio, json, sys, time
+from pathlib import Path
+from router.cache import DiskCache
+
+async def main() -> None:
+    root, module, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+    cache = DiskCache(root, None, fsync=False)
+    time.sleep(max(0.0, start - time.time()))          # both processes begin together
+    mine, lost = [], set()
+    for v in sys.argv[4:]:
+        for ext, body in (("mod", b"module x\n"), ("info", json.dumps({"Version": v}).encode())):
+            async with cache.writer(module, v, ext) as w:
+                await w.write(body)
+                await w.commit(len(body))
+        mine.append(v)
+        # Once a commit returned, its version stays listed, whatever the other process does.
+        lost |= set(mine) - set((root / module / "@v/list").read_text().split())
+    await cache.drain()
+    cache.close()
+    print(json.dumps(sorted(lost)))
+
+asyncio.run(asyncio.wait_for(main(), 60))
+"""
+
+
+def test_concurrent_list_updates_from_two_processes_lose_no_version(tmp_path: Path) -> None:
+    root, module = tmp_path / "cache", "example.com/shared"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    start = time.time() + 1.5
+    halves = [[f"v1.{i}.0" for i in range(k, 240, 2)] for k in (0, 1)]
+    procs = [subprocess.Popen([sys.executable, "-c", LIST_WRITER_SCRIPT, str(root), module,
+                               str(start), *half], cwd=REPO_ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for half in halves]
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert json.loads(out) == [], f"versions that went missing from the list: {out!r}"
+    cache = DiskCache(root, None, fsync=False)
+    try:
+        assert listed(cache, module) == [f"v1.{i}.0" for i in range(240)]
+        assert temp_files(root) == []
+    finally:
+        cache.close()
 
 
 # -- memory tier -----------------------------------------------------------------------

@@ -203,6 +203,35 @@ async def test_list_and_latest_hit_within_ttl_then_stale_when_every_upstream_fai
     assert fresh.cache == "miss" and b'"v1.2.0"' in fresh.body
 
 
+async def test_after_a_restart_a_failed_list_is_answered_stale_from_the_disk_list(
+        tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
+    versions = [Module("example.com/Meta/lib", v) for v in ("v1.0.0", "v1.1.0", "v1.2.0")]
+    up = await fake_proxy(ModuleTree(versions), name="up")
+    first = await edge(config(tmp_path, {"up": up.url}))
+    for m in versions[:2]:                      # v1.2.0 is never fetched through the edge
+        for ext in ("info", "mod"):
+            assert (await ask(first, paths(m)[ext])).status == 200
+    list_path = "/example.com/!meta/lib/@v/list"
+    fresh = await ask(first, list_path)
+    assert (fresh.status, fresh.cache, fresh.body) == (200, "miss", b"v1.0.0\nv1.1.0\nv1.2.0\n")
+
+    # A new process (nothing in memory) while every upstream fails: what the cache can serve.
+    up.set_faults(status=500)
+    second = await edge(config(tmp_path, {"up": up.url}))
+    stale = await ask(second, list_path)
+    assert (stale.status, stale.cache, stale.body) == (200, "stale", b"v1.0.0\nv1.1.0\n")
+    assert stale.headers["X-Goproxy-Upstream"] == "cache"
+    assert stale.headers["Cache-Control"] == "public, max-age=0"
+    assert stale.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert asked(up, list_path) >= 2, "the upstream was not asked before answering stale"
+    # Only a list: @latest has no disk copy; and "not found" upstream is not overridden.
+    assert (await ask(second, "/example.com/!meta/lib/@latest")).status == 502
+    up.clear_faults()
+    up.set_faults(status=404)
+    gone = await ask(second, list_path)
+    assert gone.status == 404 and gone.cache != "stale"
+
+
 async def test_without_a_stale_copy_a_failure_is_an_error(
         tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> None:
     up = await fake_proxy(ModuleTree([Module("example.com/meta", "v1.0.0")]), name="up",
@@ -367,8 +396,10 @@ async def test_100_concurrent_requests_for_one_zip_make_one_upstream_request(
 
 
 def cache_files(root: Path) -> dict[str, int]:
-    """Every file under the cache dir (temporary ones included), with its size."""
-    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+    """Every file under the cache dir (temporary ones included), with its size, but the
+    ``@v/list`` files: not artifacts, they do not count against ``max_size``."""
+    return {p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*")
+            if p.is_file() and p.name != "list"}
 
 
 async def wait_for_size(root: Path, bound: int, timeout: float = 3.0) -> dict[str, int]:
@@ -412,6 +443,14 @@ async def test_eviction_keeps_the_disk_under_max_size(
     assert all((root / f).read_bytes() == by_name[f] for f in files)
     disk = edge_of(client).cache.disk
     assert disk.evictions > 0 and disk.size == sum(files.values()) <= max_size
+    # A module's @v/list names its version while both its .info and .mod are left, else is gone.
+    await disk.drain()
+    lists = {m.path: (on_disk(root, m, "info").parent / "list") for m in modules}
+    for m in modules:
+        kept = on_disk(root, m, "info").exists() and on_disk(root, m, "mod").exists()
+        got = lists[m.path].read_text() if lists[m.path].exists() else None
+        assert got == ("v1.0.0\n" if kept else None), (m.path, kept, got)
+    assert any(p.exists() for p in lists.values()) and not all(p.exists() for p in lists.values())
 
     # An evicted artifact is fetched again, correctly.
     first = modules[0]

@@ -9,6 +9,11 @@
    go.mod, so no list/@latest query is needed.)
 3. The router is stopped too: the cache directory, in Go's own download-cache
    layout, serves the same graph as ``GOPROXY=file://<cache dir>``.
+
+And ``go get m@latest`` with ``GOPROXY=file://<cache dir>`` (fresh GOPATH,
+every upstream and the router stopped) resolves the highest version the
+cache holds, from the ``@v/list`` the cache keeps: after ``go get m@latest``
+through the edge (two workers), and after only ``go mod download m@v``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import pytest
 
 from tests.conftest import GoEnv, RouterProcess
 from tests.support import (
+    Module,
+    ModuleTree,
     ThreadedFakeProxy,
     case_escape,
     download_cache_paths,
@@ -133,3 +140,109 @@ def test_go_downloads_the_graph_again_from_the_router_cache_with_every_upstream_
     check_downloads(third, zips, mods, tree_zip, "download via file://")
     r = third.run("build", "./...", cwd=main3, goproxy="off", timeout=60)
     assert r.returncode == 0, f"build of the graph failed:\n{r.stderr[-4000:]}"
+
+
+# -- @latest from the cache directory --------------------------------------------------------
+
+LIB = "example.com/latest/Lib"          # upper case: escaped on disk
+DEP = "example.com/latest/dep"
+PSEUDO = "example.com/latest/untagged"
+PSEUDO_VERSION = "v0.0.0-20240102030405-0123456789ab"
+
+
+def latest_tree() -> ModuleTree:
+    """Lib's highest release is v1.10.0 (v1.9.0 is higher as text, v1.11.0-rc.1 is a
+    pre-release) and needs dep; ``untagged`` has only a pseudo-version."""
+    return ModuleTree([
+        Module(DEP, "v0.1.0"), Module(DEP, "v0.2.0"),
+        Module(LIB, "v1.0.0"), Module(LIB, "v1.1.0"), Module(LIB, "v1.9.0"),
+        Module(LIB, "v1.10.0", requires=[(DEP, "v0.2.0")]),
+        Module(LIB, "v1.11.0-rc.1", requires=[(DEP, "v0.2.0")]),
+        Module(PSEUDO, PSEUDO_VERSION),
+    ])
+
+
+def required(main: Path) -> dict[str, str]:
+    """module path -> version in main's go.mod ``require`` lines."""
+    out = {}
+    for line in (main / "go.mod").read_text().splitlines():
+        words = line.replace("require", " ").split()
+        if len(words) >= 2 and words[0] in (LIB, DEP, PSEUDO):
+            out[words[0]] = words[1]
+    return out
+
+
+def go_get_latest_offline(tmp_path: Path, cache_dir: Path, name: str, *modules: str) -> Path:
+    """``go get m@latest`` for each module, with GOPROXY=file://<cache dir>, a fresh
+    GOPATH/GOMODCACHE and a fresh main module; returns the main module."""
+    env = fresh_go_env(tmp_path / f"goenv-{name}")
+    main = write_main_module(tmp_path / f"main-{name}", "example.com/main", [])
+    args = [f"{m}@latest" for m in modules]
+    r = env.run("get", *args, cwd=main, goproxy=cache_dir.as_uri(), timeout=60)
+    assert r.returncode == 0, f"file:// go get {' '.join(args)} failed:\n{r.stderr[-4000:]}"
+    return main
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(150)
+def test_go_get_latest_works_from_the_cache_dir_after_go_get_through_the_edge(
+        tmp_path: Path, go_env: GoEnv, threaded_fake_proxy: Callable[..., ThreadedFakeProxy],
+        router_process: Callable[..., RouterProcess]) -> None:
+    up = threaded_fake_proxy(latest_tree(), name="up")
+    cache_dir = tmp_path / "router-cache"
+    router = router_process({          # two workers: two processes keep the lists together
+        "upstreams": {"up": {"url": up.url}},
+        "routes": [{"name": "public", "match": ["*"], "upstreams": ["up"]}],
+        "probes": {"enabled": False},
+        "cache": {"dir": str(cache_dir)},
+    }, extra_args=["--workers", "2"])
+
+    main = write_main_module(tmp_path / "main1", "example.com/main", [])
+    # Older versions first (pinned, so no list is asked), then @latest: list, .info, .mod, .zip.
+    r = go_env.run("mod", "download", f"{LIB}@v1.0.0", f"{LIB}@v1.1.0", cwd=main,
+                   goproxy=router.url, timeout=60)
+    assert r.returncode == 0, f"download through the edge failed:\n{r.stderr[-4000:]}"
+    r = go_env.run("get", f"{LIB}@latest", f"{PSEUDO}@latest", cwd=main, goproxy=router.url,
+                   timeout=60)
+    assert r.returncode == 0, f"go get through the edge failed:\n{r.stderr[-4000:]}"
+    assert required(main) == {LIB: "v1.10.0", PSEUDO: PSEUDO_VERSION}
+    assert any(rec.raw_path == f"/{case_escape(LIB)}/@v/list" for rec in up.requests)
+
+    # Every upstream and the router gone: the cache directory alone answers @latest.
+    up.stop()
+    router.stop()
+    assert_refused(up.url)
+    lib_list = cache_dir / case_escape(LIB) / "@v" / "list"
+    assert lib_list.read_text() == "v1.0.0\nv1.1.0\nv1.10.0\n"   # what it holds, not upstream's
+    assert not list(cache_dir.rglob(".tmp-*"))
+    offline = go_get_latest_offline(tmp_path, cache_dir, "after-get", LIB, PSEUDO)
+    assert required(offline) == {LIB: "v1.10.0", PSEUDO: PSEUDO_VERSION}
+    env = fresh_go_env(tmp_path / "goenv-build")
+    r = env.run("build", "./...", cwd=offline, goproxy=cache_dir.as_uri(), timeout=60)
+    assert r.returncode == 0, f"build from file:// failed:\n{r.stderr[-4000:]}"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_go_get_latest_works_from_the_cache_dir_after_only_go_mod_download(
+        tmp_path: Path, go_env: GoEnv, threaded_fake_proxy: Callable[..., ThreadedFakeProxy],
+        router_process: Callable[..., RouterProcess]) -> None:
+    up = threaded_fake_proxy(latest_tree(), name="up")
+    cache_dir = tmp_path / "router-cache"
+    router = router_process({
+        "upstreams": {"up": {"url": up.url}},
+        "routes": [{"name": "public", "match": ["*"], "upstreams": ["up"]}],
+        "probes": {"enabled": False},
+        "cache": {"dir": str(cache_dir)},
+    })
+    main = write_main_module(tmp_path / "main1", "example.com/main", [])
+    r = go_env.run("mod", "download", f"{LIB}@v1.1.0", f"{LIB}@v1.0.0", cwd=main,
+                   goproxy=router.url, timeout=60)
+    assert r.returncode == 0, f"download through the edge failed:\n{r.stderr[-4000:]}"
+    assert not any(rec.raw_path.endswith(("/@v/list", "/@latest")) for rec in up.requests)
+
+    up.stop()
+    router.stop()
+    # Never asked for a list, the cache still lists what it holds: the highest is v1.1.0.
+    offline = go_get_latest_offline(tmp_path, cache_dir, "after-download", LIB)
+    assert required(offline) == {LIB: "v1.1.0"}
