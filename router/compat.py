@@ -159,4 +159,14 @@ def swap_request_handler(server: web.Server, make: Callable[[ServerHandler], Ser
     server.request_handler = make(server.request_handler)
 
 
-running_loop_or_none: Callable[[], asyncio.AbstractEventLoop | None] = asyncio.events._get_running_loop
+def _running_loop_or_none_slowly() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# The running loop or None, without raising: asyncio's own C helper where it exists
+# (verify() reports it missing; importing this module must not fail over it).
+running_loop_or_none: Callable[[], asyncio.AbstractEventLoop | None] = getattr(
+    asyncio.events, "_get_running_loop", _running_loop_or_none_slowly)

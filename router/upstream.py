@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from yarl import URL
 
 from router import __version__
+from router.compat import disable_hidden_retry
 from router.config import Config, SumDB, Timeouts, Upstream
 from router.redact import secret_values
 
@@ -201,8 +202,7 @@ class UpstreamClient:
         # them against the budget), so that hidden one is turned off. Pooled
         # connections are kept only briefly (keepalive_timeout) so that a stale
         # one, closed by the upstream meanwhile, is rare.
-        if hasattr(self._session, "_retry_connection"):
-            self._session._retry_connection = False
+        disable_hidden_retry(self._session)
 
     async def close(self) -> None:
         if self._session is not None:
