@@ -92,6 +92,7 @@ class LineSink:
         self._unreported = 0                # lines dropped since the last notice
         self._writer: threading.Thread | None = None
         self._closing = False
+        self._stuck = False                 # a flush waited in vain: the next ones do not wait
 
     def write(self, line: str) -> None:
         loop = asyncio._get_running_loop()
@@ -112,9 +113,9 @@ class LineSink:
         with self._lock:
             self._timer_loop = None
             self._hand_over_locked()
-            if asyncio._get_running_loop() is None:
-                self._lock.wait_for(lambda: not self._queued or self._writer is None,
-                                    self.EXIT_WAIT)
+            if asyncio._get_running_loop() is None and not self._stuck:
+                self._stuck = not self._lock.wait_for(
+                    lambda: not self._queued or self._writer is None, self.EXIT_WAIT)
 
     def close(self) -> None:
         """Write what is pending (bounded wait) and end the writer thread; the fd stays open."""
@@ -175,6 +176,7 @@ class LineSink:
             written = self._write_all(data)
             with lock:
                 self._queued -= len(data)
+                self._stuck = False
                 if not written:            # stderr is gone: those lines are lost too
                     self._drop_locked(sum(lines for _, lines in chunks))
                     self._unreported = 0   # nowhere to say so

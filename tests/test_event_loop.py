@@ -15,9 +15,13 @@ import gc
 import json
 import os
 import select
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from router.app import EDGE
 from router.config import parse_config
 from router.logs import LineSink, dropped_lines
 from router.metrics import Metrics
+from tests.conftest import REPO_ROOT, free_port
 from tests.support.http import MakeEdge
 from tests.support.mmdb import write_country_db
 
@@ -297,3 +302,44 @@ async def test_a_log_pipe_nobody_reads_never_blocks_the_loop_and_drops_are_count
     assert numbers == sorted(numbers) and len(numbers) + sink.dropped == lines
     assert [n["level"] for n in notices] == ["warning"]
     assert sum(n["dropped"] for n in notices) == sink.dropped
+
+
+def test_a_router_whose_stderr_nobody_reads_keeps_answering_and_stops_in_bounded_time(
+        tmp_path: Path, refused_url: str) -> None:
+    """The real process, its stderr a pipe nobody reads: an access line per request fills
+    the pipe within a few hundred requests (the old sink then blocked the loop for good)."""
+    config = tmp_path / "routes.yaml"
+    config.write_text(yaml.safe_dump({
+        "upstreams": {"a": {"url": refused_url}},
+        "routes": [{"name": "public", "match": ["*"], "upstreams": ["a"]}],
+        "probes": {"enabled": False}, "cache": {"dir": str(tmp_path / "cache")}}))
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router.cli", "serve", "--config", str(config),
+         "--listen", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "router never started"
+                time.sleep(0.1)
+        for _ in range(1000):               # ~300 bytes of log each: the 64 KiB pipe fills
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert response.status == 200
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=PATIENCE) == 0
+        assert time.monotonic() - started < 2 * LineSink.EXIT_WAIT + 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=PATIENCE)
+        assert proc.stderr is not None
+        proc.stderr.close()
