@@ -12,12 +12,14 @@ in-flight requests finish on the state they started with.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
@@ -69,12 +71,12 @@ class EdgeState:
 
     def __init__(self, config: Config, client: UpstreamClient, registry: StatsRegistry,
                  env: Mapping[str, str] | None = None, budget: RetryBudget | None = None,
-                 observer: AttemptObserver | None = None) -> None:
+                 observer: AttemptObserver | None = None, geo: GeoDatabase | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config, env)
         self.engine = Engine(load_plugins(config.scoring.plugins, config.scoring.plugin_dirs,
                                           set(config.upstreams)))
-        self.geo = GeoDatabase(config.geoip.database)
+        self.geo = geo if geo is not None else GeoDatabase(config.geoip.database)
         self.candidates: dict[str, tuple[Candidate, ...]] = {
             route.name: tuple(
                 Candidate(t.name, config.upstreams[t.name], registry.get(t.name, t.base_url), t)
@@ -136,6 +138,7 @@ class Edge:
         self._pid = os.getpid()
         self._sink: LineSink | None = None
         self._sink_checked = -1.0
+        self._write_probe: asyncio.Task[str | None] | None = None
 
     def _access_sink(self, now: float) -> LineSink | None:
         """Where the thin path may write its access-log line itself; looked up once a second."""
@@ -180,16 +183,32 @@ class Edge:
                       elapsed=round(elapsed, 4))
         return response
 
-    def _state(self, config: Config) -> EdgeState:
+    async def cache_write_problem(self) -> str | None:
+        """Why the disk cache cannot be written, or None, from a real write: os.access says
+        yes to root. In a thread, so a slow or hung filesystem holds up /readyz, not the
+        loop; concurrent callers share one probe write, so they cannot pile up threads."""
+        if self._write_probe is None:
+            probe = asyncio.create_task(asyncio.to_thread(_cache_write_problem,
+                                                         self.cache.disk.root))
+            probe.add_done_callback(lambda _: setattr(self, "_write_probe", None))
+            self._write_probe = probe
+        return await asyncio.shield(self._write_probe)
+
+    def _state(self, config: Config, geo: GeoDatabase | None = None) -> EdgeState:
         return EdgeState(config, self.client, self.registry, self.env, self.budget,
-                         MetricsObserver(self.metrics))
+                         MetricsObserver(self.metrics), geo)
 
     async def reload(self, config: Config) -> None:
         """Swap in a new config atomically; the old one keeps serving on failure."""
+        geo: GeoDatabase | None = None
         try:
-            new = self._state(config)
+            # Opening the GeoIP file reads all of it: in a thread, while the old state serves.
+            geo = await asyncio.to_thread(GeoDatabase, config.geoip.database)
+            new = self._state(config, geo)
             admin = AdminPolicy.from_config(config, self.env)
         except Exception:
+            if geo is not None:
+                geo.close()
             self.metrics.record_reload("error")
             raise
         old, self.state, self.admin = self.state, new, admin
@@ -284,26 +303,33 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded, the cache writable and every route has a
     usable upstream; otherwise 503 saying why."""
     edge = request.app[EDGE]
-    problems = readiness_problems(edge)
+    problems = await readiness_problems(edge)
     if problems:
         return text_response(503, "not ready:\n" + "".join(f"  {p}\n" for p in problems))
     return text_response(200, "ready\n")
 
 
-def readiness_problems(edge: Edge) -> list[str]:
+async def readiness_problems(edge: Edge) -> list[str]:
     problems = []
-    cache_dir = edge.cache.disk.root
-    try:                                     # a real write: os.access says yes to root
-        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".tmp-readyz-"):
-            pass
-    except OSError as exc:
-        problems.append(f"cache directory {cache_dir} is not writable: {exc.strerror or exc}")
+    cache_problem = await edge.cache_write_problem()
+    if cache_problem is not None:
+        problems.append(cache_problem)
     now = time.monotonic()
     for route, candidates in edge.state.candidates.items():
         if all(c.stats.breaker.state(now) is BreakerState.OPEN for c in candidates):
             names = ", ".join(c.name for c in candidates)
             problems.append(f"route {route}: every upstream is ejected ({names})")
     return problems
+
+
+def _cache_write_problem(cache_dir: Path) -> str | None:
+    """Blocking: create and remove a temporary file in the cache directory."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=".tmp-readyz-"):
+            pass
+    except OSError as exc:
+        return f"cache directory {cache_dir} is not writable: {exc.strerror or exc}"
+    return None
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -84,29 +85,51 @@ UNKNOWN = Location(None, None)
 
 _FileId = tuple[int, int, int, int]                 # device, inode, size, mtime in ns
 _NO_FILE_YET: _FileId = (-1, -1, -1, -1)            # matches no real file: the first check acts
+_Query = Callable[[IPAddress], geoip2.models.Country]
+
+CHECK_INTERVAL = 5.0                                # seconds between looks at the file
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What one look at the file found (made off the loop, applied on it)."""
+
+    file_id: _FileId | None                          # None: missing or unreadable
+    reader: geoip2.database.Reader | None = None
+    query: _Query | None = None
+    error: Exception | None = None
 
 
 class GeoDatabase:
     """Client address → Location from a MaxMind Country or City database, re-read when the file changes.
 
-    The file is read into memory rather than mmap-ed: an update that rewrites it
-    in place would truncate the mapping under the C reader and kill the process
-    with SIGBUS. The pure-Python reader costs ~60 µs a lookup instead of ~10 µs
-    (measured here), which the per-address LRU hides from the hot path.
-    Use it from one thread (the event loop); the reload check runs inline.
+    The file is read into memory (MODE_MEMORY) rather than mmap-ed: an update
+    that rewrites it in place would truncate the mapping under the reader and
+    kill the process with SIGBUS. MODE_MMAP would make opening cheap, but that
+    crash is worse than the cost, which no longer matters to requests: on the
+    event loop the file is looked at (stat, and when it changed, read whole
+    and parsed) in a thread, at most every `check_interval` seconds, and the
+    new reader is swapped in once it is ready; lookups use the old one until
+    then, and keep it when the new file cannot be opened. The pure-Python
+    reader costs ~60 µs a lookup instead of ~10 µs (measured here), which the
+    per-address LRU hides from the hot path; a swap briefly holds both files
+    in memory. Without a running loop (the `explain` command, at start-up)
+    the check runs inline. Use it from one thread.
     """
 
-    def __init__(self, path: str | None, *, check_interval: float = 5.0) -> None:
+    def __init__(self, path: str | None, *, check_interval: float | None = None) -> None:
         self._path = path
-        self._check_interval = check_interval
+        self._check_interval = CHECK_INTERVAL if check_interval is None else check_interval
         self._reader: geoip2.database.Reader | None = None
-        self._query: Callable[[IPAddress], geoip2.models.Country] | None = None
+        self._query: _Query | None = None
         self._file_id: _FileId | None = _NO_FILE_YET     # as last seen on disk; None: missing
         self._next_check = 0.0
+        self._checking: asyncio.Task[None] | None = None
         self._cache: LRUCache[IPAddress, Location] = LRUCache(CACHE_SIZE)
         self._lookup_warned = False
         if path is not None:
-            self._refresh(path)
+            self._next_check = time.monotonic() + self._check_interval
+            self._apply(path, _look(path, self._file_id))
 
     def lookup(self, ip: IPAddress | None) -> Location:
         """The client's location, UNKNOWN for private or unlisted addresses or without a database.
@@ -117,7 +140,7 @@ class GeoDatabase:
         if ip is None or self._path is None:
             return UNKNOWN
         if time.monotonic() >= self._next_check:
-            self._refresh(self._path)
+            self._check(self._path)
         location = self._cache.get(ip)
         if location is None:
             location = self._cache[ip] = self._locate(ip)
@@ -127,33 +150,54 @@ class GeoDatabase:
         """Release the database; later lookups answer UNKNOWN and nothing is re-opened."""
         self._path = None
         self._cache.clear()
+        if self._checking is not None:
+            self._checking.cancel()                  # its thread finishes; what it opened is dropped
+            self._checking = None
         if self._reader is not None:
             self._reader.close()
             self._reader = self._query = None
 
-    def _refresh(self, path: str) -> None:
-        """Open the file again if it changed; a missing or bad file keeps the last good one."""
+    def _check(self, path: str) -> None:
+        """Look at the file again: in a thread when a loop runs (one look at a time), else inline."""
         self._next_check = time.monotonic() + self._check_interval
-        file_id = _file_id(path)
-        if file_id == self._file_id:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._apply(path, _look(path, self._file_id))
             return
-        self._file_id = file_id                      # so each bad state is reported once
+        if self._checking is None:
+            self._checking = loop.create_task(self._check_off_loop(path))
+
+    async def _check_off_loop(self, path: str) -> None:
+        try:
+            found = await asyncio.to_thread(_look, path, self._file_id)
+        finally:
+            self._checking = None
+        if self._path != path:                       # closed meanwhile
+            if found is not None and found.reader is not None:
+                found.reader.close()
+            return
+        self._apply(path, found)
+
+    def _apply(self, path: str, found: _Found | None) -> None:
+        """Swap in what a look found; a missing or bad file keeps the last good one."""
+        if found is None:                            # unchanged
+            return
+        self._file_id = found.file_id                # so each bad state is reported once
         keeping = "keeping the previous data" if self._reader else "client countries are unknown"
-        if file_id is None:
+        if found.file_id is None:
             log.warning("GeoIP database %s is missing or unreadable; %s", path, keeping)
             return
-        try:
-            reader, query = _open(path)
-        except Exception as exc:                     # whatever a bad file trips, the edge must not fall
-            log.warning("GeoIP database %s cannot be opened (%s); %s", path, exc, keeping)
+        if found.reader is None:
+            log.warning("GeoIP database %s cannot be opened (%s); %s", path, found.error, keeping)
             return
         old = self._reader
-        self._reader, self._query = reader, query
+        self._reader, self._query = found.reader, found.query
         self._cache.clear()
         self._lookup_warned = False
         if old is not None:
             old.close()
-        metadata = reader.metadata()
+        metadata = found.reader.metadata()
         log.info("GeoIP database %s loaded: %s, built %s", path, metadata.database_type,
                  time.strftime("%Y-%m-%d", time.gmtime(metadata.build_epoch)))
 
@@ -178,6 +222,21 @@ class GeoDatabase:
         return Location(country, continent.upper() if continent else continent_of(country))
 
 
+def _look(path: str, known: _FileId | None) -> _Found | None:
+    """The file's identity and, when it differs from `known`, the file opened; None when
+    unchanged. Blocking (stat, read): runs in a thread on a live edge. Never raises."""
+    file_id = _file_id(path)
+    if file_id == known:
+        return None
+    if file_id is None:
+        return _Found(None)
+    try:
+        reader, query = _open(path)
+    except Exception as exc:                         # whatever a bad file trips, the edge must not fall
+        return _Found(file_id, error=exc)
+    return _Found(file_id, reader, query)
+
+
 def _file_id(path: str) -> _FileId | None:
     """What identifies one version of the file, or None when it cannot be seen."""
     try:
@@ -187,7 +246,7 @@ def _file_id(path: str) -> _FileId | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _open(path: str) -> tuple[geoip2.database.Reader, Callable[[IPAddress], geoip2.models.Country]]:
+def _open(path: str) -> tuple[geoip2.database.Reader, _Query]:
     """A reader and the query its database type answers (City records include the country)."""
     reader = geoip2.database.Reader(path, mode=MODE_MEMORY)
     database_type = reader.metadata().database_type

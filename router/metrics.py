@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from router.forward import AttemptObserver
+from router.logs import dropped_lines
 from router.stats import BreakerState, StatsRegistry
 
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -62,6 +63,7 @@ class Metrics:
         # Requests answered on the thin path (router/hits.py), by their goproxy_requests
         # labels: a plain dict increment per hit, folded into the counter at scrape time.
         self.pending_requests: Tally[tuple[str, str, str, str]] = Tally()
+        r.register(DroppedLogLines(dropped_lines))
 
     def record_reload(self, result: str) -> None:
         """Count a reload (one of RELOAD_RESULTS) and set the last-reload gauges."""
@@ -96,6 +98,22 @@ class MetricsObserver(AttemptObserver):
 
     def hedge(self) -> None:
         self._metrics.hedges.inc()
+
+
+class DroppedLogLines(Collector):
+    """Log lines dropped rather than wait on a stderr nobody reads (router/logs.py):
+    a log pipeline that stalls shows up here instead of stalling the edge."""
+
+    def __init__(self, dropped: Callable[[], int]) -> None:
+        self._dropped = dropped
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("goproxy_log_lines_dropped",
+                                  "Log lines dropped because stderr was not read fast enough.",
+                                  value=self._dropped())
 
 
 class LiveCollector(Collector):

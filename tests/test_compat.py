@@ -73,7 +73,9 @@ def test_serve_refuses_to_start_without_an_internal(
     config.write_text("upstreams: {a: {url: 'http://127.0.0.1:9'}}\n"
                       "routes: [{name: all, match: ['*'], upstreams: [a]}]\n"
                       f"cache: {{dir: '{tmp_path / 'cache'}'}}\n")
-    assert cli.main(["serve", "--config", str(config), "--listen", "127.0.0.1:0"]) == 1
+    # The serve command itself, without main()'s process-wide logging set-up.
+    args = cli.build_parser().parse_args(["serve", "--config", str(config), "--listen", "127.0.0.1:0"])
+    assert args.run(args) == 1
     err = capsys.readouterr().err
     assert "aiohttp.http_writer.StreamWriter._compress" in err and "Traceback" not in err
 

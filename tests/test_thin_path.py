@@ -389,6 +389,15 @@ def test_hit_table_is_bounded_in_bytes_oldest_out() -> None:
     assert len(table) == 0 and table.size == 0
 
 
+def _wait_for_lines(out: Path, count: int) -> None:
+    """Block (without yielding to any loop, so no flush timer can run) until the writer
+    thread has written `count` lines; bounded."""
+    deadline = time.monotonic() + 5
+    while out.read_text().count("\n") < count and time.monotonic() < deadline:
+        time.sleep(0.002)
+    assert out.read_text().count("\n") == count
+
+
 def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
     out = tmp_path / "log"
     fd = os.open(out, os.O_WRONLY | os.O_CREAT)
@@ -405,25 +414,27 @@ def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
         for i in range(100):
             sink.write(f"loop {i}\n")
         await asyncio.sleep(0)
+        time.sleep(0.005)
         assert out.read_text() == "before\n"                    # gathered, not written yet
         deadline = time.monotonic() + 5
         while out.read_text().count("\n") < 101 and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         assert out.read_text().count("\n") == 101               # in one write
         big = "x" * (LineSink.FLUSH_BYTES // 4) + "\n"
-        for _ in range(4):                                       # enough bytes: at once
+        for _ in range(4):                                       # enough bytes: handed over at once
             sink.write(big)
-        assert out.read_text().count("\n") == 105
+        _wait_for_lines(out, 105)
         sink.write("last\n")
 
-    sink.write("before\n")                                      # no loop: at once
-    assert out.read_text() == "before\n"
+    sink.write("before\n")                                      # no loop: handed over at once
+    _wait_for_lines(out, 1)
     os.write = counting_write                                   # type: ignore[assignment]
     try:
         asyncio.run(burst())
         thread = threading.Thread(target=sink.write, args=("thread\n",))
         thread.start()
         thread.join(5)
+        _wait_for_lines(out, 107)
 
         async def next_loop() -> None:        # a new loop while the old one's flush never ran
             sink.write("next loop\n")
@@ -432,6 +443,7 @@ def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
                 await asyncio.sleep(0.01)
         asyncio.run(next_loop())
     finally:
+        sink.close()
         os.write = real_write                                   # type: ignore[assignment]
         os.close(fd)
     lines = out.read_text().splitlines()
