@@ -244,14 +244,19 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_validate_reports_unset_tokens_env(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra, variable", [
+    ("routes:\n  - {name: r, match: ['*'], upstreams: [a], allow: {tokens_env: SURELY_UNSET_TOKENS_VAR}}\n",
+     "SURELY_UNSET_TOKENS_VAR"),
+    ("routes:\n  - {name: r, match: ['*'], upstreams: [a]}\nadmin: {token_env: SURELY_UNSET_ADMIN_VAR}\n",
+     "SURELY_UNSET_ADMIN_VAR"),
+])
+def test_validate_reports_an_unset_token_variable(tmp_path: Path, extra: str, variable: str) -> None:
+    """allow.tokens_env and admin.token_env: `validate` resolves them as `serve` would."""
     path = tmp_path / "r.yaml"
-    path.write_text("upstreams:\n  a: {url: 'https://a.example'}\nroutes:\n"
-                    "  - {name: r, match: ['*'], upstreams: [a], "
-                    "allow: {tokens_env: SURELY_UNSET_TOKENS_VAR}}\n")
+    path.write_text("upstreams:\n  a: {url: 'https://a.example'}\n" + extra)
     result = run_cli("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 1
-    assert "SURELY_UNSET_TOKENS_VAR is not set" in result.stderr
+    assert f"{variable} is not set" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_refused_upstream_url_is_quoted_without_its_credentials(tmp_path: Path) -> None:
@@ -263,16 +268,6 @@ def test_a_refused_upstream_url_is_quoted_without_its_credentials(tmp_path: Path
     assert f"{path}:2: upstreams.a.url: 'ftp://[redacted]@mirror.example' is not an http(s) URL" \
         in result.stderr
     assert "hunter2-secret" not in result.stderr and "builder" not in result.stderr
-
-
-def test_validate_reports_an_unset_admin_token_variable(tmp_path: Path) -> None:
-    path = tmp_path / "r.yaml"
-    path.write_text("upstreams:\n  a: {url: 'https://a.example'}\n"
-                    "routes:\n  - {name: r, match: ['*'], upstreams: [a]}\n"
-                    "admin: {token_env: SURELY_UNSET_ADMIN_VAR}\n")
-    result = run_cli("validate", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
-    assert result.returncode == 1
-    assert "SURELY_UNSET_ADMIN_VAR is not set" in result.stderr and "Traceback" not in result.stderr
 
 
 # -- checksum database names: the go command's host[/path] ------------------------------
