@@ -372,6 +372,28 @@ class Admin(_Strict):
     token_env: str | None = None
 
 
+class Limits(_Strict):
+    """What client connections may hold (nginx's worker_connections, client_header_timeout
+    and keepalive_timeout), so silent or slow clients cannot use up the process's files.
+
+    A connection has `header_timeout` seconds to send its first request head, and
+    `keepalive_timeout` after each answer to send the whole next one. Over
+    `max_connections` (per process), the longest-idle connection is closed to
+    make room, or the new one is answered 503 when none is idle (router/connections.py).
+    """
+
+    max_connections: Annotated[int, Field(ge=1)] = 10_000
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    keepalive_timeout: Annotated[float, Field(gt=0)] = 15.0
+
+    @model_validator(mode="after")
+    def _head_within_keepalive(self) -> Limits:
+        # aiohttp also closes a connection that is silent for keepalive_timeout from its start.
+        if self.header_timeout > self.keepalive_timeout:
+            raise ValueError("header_timeout must not exceed keepalive_timeout")
+        return self
+
+
 class Config(_Strict):
     listen: str = "0.0.0.0:8080"
     upstreams: dict[str, Upstream]
@@ -385,6 +407,7 @@ class Config(_Strict):
     hedge: Hedge = Hedge()
     probes: Probes = Probes()
     admin: Admin = Admin()
+    limits: Limits = Limits()
 
     @field_validator("listen")
     @classmethod

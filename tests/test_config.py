@@ -448,3 +448,26 @@ def test_validate_refuses_bad_options_of_a_plugin_dirs_plugin_with_file_and_line
         "unknown option (office_hours takes batch_upstream, days)",
         f"{path}:14: scoring.plugins[3]: plugin 'office_hours' is listed twice",
     ]
+
+
+# -- limits: client connections ---------------------------------------------------------
+
+def test_connection_limits_default_to_seconds_not_an_hour() -> None:
+    limits = parse_config(MINIMAL, "routes.yaml", {}).limits
+    assert (limits.max_connections, limits.header_timeout, limits.keepalive_timeout) == (
+        10_000, 10.0, 15.0)
+    limits = parse_config(MINIMAL + "limits: {max_connections: 20, header_timeout: 0.5, "
+                          "keepalive_timeout: 2}\n", "routes.yaml", {}).limits
+    assert (limits.max_connections, limits.header_timeout, limits.keepalive_timeout) == (20, 0.5, 2)
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ("{max_connections: 0}", "limits.max_connections: Input should be greater than or equal to 1"),
+    ("{keepalive_timeout: 0}", "limits.keepalive_timeout: Input should be greater than 0"),
+    ("{header_timeout: 20, keepalive_timeout: 15}",
+     "limits: header_timeout must not exceed keepalive_timeout"),
+    ("{max_conections: 5}", "limits.max_conections: unknown key"),
+])
+def test_bad_connection_limits_are_named_with_their_line(limits: str, message: str) -> None:
+    [error] = errors_of(MINIMAL + f"limits: {limits}\n")
+    assert error == f"routes.yaml:5: {message}"
