@@ -85,6 +85,24 @@ def _has_swappable_handler() -> bool:
         server._loop.close()
 
 
+def _has_connection_reports() -> bool:
+    handler = web_protocol.RequestHandler
+    return (_params(web.Server.connection_made) == ["self", "handler", "transport"]
+            and _params(web.Server.connection_lost) == ["self", "handler", "exc"]
+            and _reads(handler.connection_made, "_manager")
+            and _reads(handler.connection_made, "connection_made")
+            and _reads(handler.connection_lost, "_manager")
+            and _reads(handler.connection_lost, "connection_lost"))
+
+
+def _has_handler_slot(name: str, method: str) -> Callable[[], bool]:
+    """`RequestHandler.<name>` exists and `RequestHandler.<method>` still reads it."""
+    def present() -> bool:
+        handler = web_protocol.RequestHandler
+        return name in handler.__slots__ and _reads(getattr(handler, method), name)
+    return present
+
+
 def _has_get_running_loop() -> bool:
     return callable(getattr(asyncio.events, "_get_running_loop", None))
 
@@ -105,6 +123,19 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("aiohttp.web.Server.request_handler", "router/app.py",
              "the thin hit path answers kept hits before routing and middleware",
              _has_swappable_handler),
+    Internal("aiohttp.web.Server.connection_made/connection_lost", "router/connections.py",
+             "each connection reports to its server as it opens and closes: the connection cap "
+             "and the request-head deadline start and end there", _has_connection_reports),
+    Internal("aiohttp.web_protocol.RequestHandler._request_count", "router/connections.py",
+             "whether a connection has sent a whole request head yet (the header timeout)",
+             _has_handler_slot("_request_count", "data_received")),
+    Internal("aiohttp.web_protocol.RequestHandler._waiter", "router/connections.py",
+             "whether a connection sits idle waiting for a request, so it may be closed to make "
+             "room under the connection cap (aiohttp's keep-alive timer asks the same)",
+             _has_handler_slot("_waiter", "start")),
+    Internal("aiohttp.web_protocol.RequestHandler._request_handler", "router/connections.py",
+             "a connection over the cap answers its request with 503 and closes",
+             _has_handler_slot("_request_handler", "start")),
     Internal("asyncio.events._get_running_loop", "router/logs.py",
              "the log sink asks for the running loop, or None, on every line without raising",
              _has_get_running_loop),
@@ -157,6 +188,45 @@ def swap_request_handler(server: web.Server, make: Callable[[ServerHandler], Ser
     the handler when it is made.
     """
     server.request_handler = make(server.request_handler)
+
+
+ConnectionHook = Callable[[web_protocol.RequestHandler, Any], None]
+
+
+def watch_connections(server: web.Server, made: ConnectionHook, lost: ConnectionHook) -> None:
+    """Call `made(handler, transport)` as each connection opens and `lost(handler, exc)` as it
+    closes, after the server's own bookkeeping. Each connection calls its server's methods,
+    so setting them on this one server's instance is enough."""
+    server_made, server_lost = server.connection_made, server.connection_lost
+
+    def connection_made(handler: web_protocol.RequestHandler, transport: Any) -> None:
+        server_made(handler, transport)
+        made(handler, transport)
+
+    def connection_lost(handler: web_protocol.RequestHandler,
+                        exc: BaseException | None = None) -> None:
+        server_lost(handler, exc)
+        lost(handler, exc)
+
+    server.connection_made = connection_made        # type: ignore[method-assign]
+    server.connection_lost = connection_lost        # type: ignore[method-assign]
+
+
+def request_heads_seen(handler: web_protocol.RequestHandler) -> int:
+    """How many whole request heads (or malformed ones) the connection has sent so far."""
+    return handler._request_count
+
+
+def waiting_for_request(handler: web_protocol.RequestHandler) -> bool:
+    """Whether the connection is idle: no request being answered, none queued, waiting for one."""
+    waiter = handler._waiter
+    return waiter is not None and not waiter.done()
+
+
+def answer_connection_with(handler: web_protocol.RequestHandler, respond: ServerHandler) -> None:
+    """Let `respond` answer every request this one connection sends, instead of the server's
+    handler (a connection accepted over the cap gets a 503)."""
+    handler._request_handler = respond
 
 
 def _running_loop_or_none_slowly() -> asyncio.AbstractEventLoop | None:

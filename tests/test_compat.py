@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.events
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,14 @@ def _sabotage(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         def init(self: object, manager: object, *args: object, **kwargs: object) -> None:
             return None     # a RequestHandler that no longer copies manager.request_handler
         monkeypatch.setattr(web_protocol.RequestHandler, "__init__", init)
+    elif name == "aiohttp.web.Server.connection_made/connection_lost":
+        def made(self: object, handler: object) -> None:
+            return None     # a server no longer told which transport a connection has
+        monkeypatch.setattr(web.Server, "connection_made", made)
+    elif name.startswith("aiohttp.web_protocol.RequestHandler._"):
+        attribute = name.rsplit(".", 1)[1]
+        monkeypatch.setattr(web_protocol.RequestHandler, "__slots__", tuple(
+            s for s in web_protocol.RequestHandler.__slots__ if s != attribute))
     elif name == "asyncio.events._get_running_loop":
         monkeypatch.delattr(asyncio.events, "_get_running_loop")
     else:
@@ -183,3 +192,60 @@ def test_running_loop_or_none() -> None:
         assert loop.run_until_complete(inside()) is loop
     finally:
         loop.close()
+
+
+async def test_connection_hooks_see_each_connection_its_head_and_its_idleness() -> None:
+    """watch_connections reports open and close; request_heads_seen counts whole heads only;
+    waiting_for_request tells idle from busy; answer_connection_with answers one connection."""
+    release = asyncio.Event()
+
+    async def app_handler(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/slow":
+            await release.wait()
+        return web.Response(text="application")
+
+    server = web.Server(app_handler)
+    opened: list[web_protocol.RequestHandler] = []
+    closed: list[web_protocol.RequestHandler] = []
+    compat.watch_connections(server, lambda h, t: opened.append(h), lambda h, e: closed.append(h))
+    listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+
+    async def settle(check: Callable[[], bool]) -> None:
+        for _ in range(200):            # at most 2 s
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("condition not reached within 2 s")
+
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await settle(lambda: len(opened) == 1 and compat.waiting_for_request(opened[0]))
+        handler = opened[0]
+        assert handler in server.connections
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n")          # half a head
+        await asyncio.sleep(0.05)
+        assert compat.request_heads_seen(handler) == 0 and compat.waiting_for_request(handler)
+        writer.write(b"\r\n")
+        await settle(lambda: not compat.waiting_for_request(handler))
+        assert compat.request_heads_seen(handler) == 1
+        release.set()
+        await reader.readuntil(b"application")
+        await settle(lambda: compat.waiting_for_request(handler))    # idle again, kept alive
+
+        async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+            return web.Response(status=503, text="refused")
+
+        other_reader, other_writer = await asyncio.open_connection("127.0.0.1", port)
+        await settle(lambda: len(opened) == 2)
+        compat.answer_connection_with(opened[1], refuse)
+        other_writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert (await other_reader.readuntil(b"refused")).startswith(b"HTTP/1.1 503 ")
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")       # the first is untouched
+        assert (await reader.readuntil(b"application")).startswith(b"HTTP/1.1 200 ")
+        writer.close()
+        other_writer.close()
+        await settle(lambda: len(closed) == 2 and set(closed) == set(opened))
+    finally:
+        listener.close()
+        await server.shutdown(1)
