@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from router.connections import ConnectionCounts
 from router.forward import AttemptObserver
 from router.logs import dropped_lines
 from router.stats import BreakerState, StatsRegistry
@@ -75,6 +76,10 @@ class Metrics:
     def attach(self, live: LiveCollector) -> None:
         self.registry.register(live)
 
+    def watch_connections(self, counts: Callable[[], ConnectionCounts]) -> None:
+        """Show the client-connection gate (router/connections.py) of a serving process."""
+        self.registry.register(ConnectionsCollector(counts))
+
     def render(self) -> bytes:
         pending, self.pending_requests = self.pending_requests, Tally()
         for labels, count in pending.items():
@@ -114,6 +119,34 @@ class DroppedLogLines(Collector):
         yield CounterMetricFamily("goproxy_log_lines_dropped",
                                   "Log lines dropped because stderr was not read fast enough.",
                                   value=self._dropped())
+
+
+class ConnectionsCollector(Collector):
+    """Client connections: how many are open against the cap, and how many the gate
+    closed or turned away (silent ones, idle ones making room, refusals at the cap)."""
+
+    def __init__(self, counts: Callable[[], ConnectionCounts]) -> None:
+        self._counts = counts
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._counts()
+        yield GaugeMetricFamily("goproxy_connections_open", "Client connections open.",
+                                value=counts.open)
+        yield GaugeMetricFamily("goproxy_connections_max",
+                                "Client connections admitted at most (limits.max_connections, "
+                                "lowered to fit the open-files limit).", value=counts.limit)
+        yield CounterMetricFamily("goproxy_connections_refused",
+                                  "Connections turned away at the cap: answered 503, or closed.",
+                                  value=counts.refused)
+        yield CounterMetricFamily("goproxy_connections_header_timeouts",
+                                  "Connections closed for not sending a request head within "
+                                  "limits.header_timeout.", value=counts.header_timeouts)
+        yield CounterMetricFamily("goproxy_connections_evicted",
+                                  "Idle connections closed to make room for new ones at the cap.",
+                                  value=counts.evicted)
 
 
 class LiveCollector(Collector):

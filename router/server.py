@@ -29,6 +29,7 @@ from aiohttp import web
 
 from router import __version__
 from router.config import Config, ConfigError
+from router.connections import ConnectionGate, connection_cap, log_limits, raise_open_files_limit
 from router.logs import log_event
 from router.redact import redact
 
@@ -148,11 +149,19 @@ async def serve(config: Config, options: ServeOptions,
     except (OSError, ConfigError) as exc:   # the cache directory; admin.token_env's variable
         raise StartupError(f"cannot start: {exc}") from None
     edge = app[EDGE]
+    loop = asyncio.get_running_loop()
+    limits = config.limits
+    files = raise_open_files_limit()
+    gate = ConnectionGate(connection_cap(limits.max_connections, files.soft),
+                          limits.header_timeout, loop)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=options.shutdown_timeout)
+                           shutdown_timeout=options.shutdown_timeout,
+                           keepalive_timeout=limits.keepalive_timeout)
     await runner.setup()
     assert runner.server is not None
     install_thin_path(app, runner.server)
+    gate.install(runner.server)
+    edge.metrics.watch_connections(gate.counts)
     site = web.TCPSite(runner, options.host, options.port, backlog=1024, reuse_address=True,
                        reuse_port=options.reuse_port or None)
     try:
@@ -162,13 +171,25 @@ async def serve(config: Config, options: ServeOptions,
         raise listen_error(options.host, options.port, exc) from None
     log_event(log, logging.INFO, "listening", host=options.host, port=options.port,
               version=__version__, pid=os.getpid(), routes=[r.name for r in config.routes])
+    log_limits(limits, files, gate.limit)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[object]] = []
     if options.config_path and load is not None:
-        reloader = Reloader(options.config_path, load, edge.reload,
+        async def apply(new: Config) -> None:
+            previous = edge.state.config.limits
+            await edge.reload(new)
+            if new.limits != previous:       # all but keepalive_timeout apply to new connections
+                gate.update(connection_cap(new.limits.max_connections, files.soft),
+                            new.limits.header_timeout)
+                log_limits(new.limits.model_copy(
+                    update={"keepalive_timeout": limits.keepalive_timeout}), files, gate.limit)
+            if new.limits.keepalive_timeout != limits.keepalive_timeout:
+                log_event(log, logging.WARNING, "config change needs a restart",
+                          section="limits.keepalive_timeout")
+
+        reloader = Reloader(options.config_path, load, apply,
                             lambda: edge.metrics.record_reload("rejected"))
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: tasks.append(asyncio.ensure_future(reloader.reload("SIGHUP"))))

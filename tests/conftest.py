@@ -243,12 +243,14 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
 
     ``config`` is a routes.yaml mapping (or YAML text). A mapping without a
     ``cache`` section gets one under tmp so the router never writes into
-    the working tree. ``env`` is added to the inherited environment.
+    the working tree. ``env`` is added to the inherited environment;
+    ``preexec_fn`` runs in the child before the router starts (e.g. to set an rlimit).
     """
     started: list[RouterProcess] = []
 
     def start(config: Mapping[str, Any] | str, *, env: Mapping[str, str] | None = None,
-              startup_timeout: float = 15.0, extra_args: Sequence[str] = ()) -> RouterProcess:
+              startup_timeout: float = 15.0, extra_args: Sequence[str] = (),
+              preexec_fn: Callable[[], None] | None = None) -> RouterProcess:
         n = len(started)
         workdir = tmp_path / f"router{n}"
         workdir.mkdir()
@@ -268,7 +270,8 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "router.cli", "serve", "--config", str(config_path),
                  "--listen", f"127.0.0.1:{port}", *extra_args],
-                cwd=workdir, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                cwd=workdir, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                preexec_fn=preexec_fn)
         router = RouterProcess(proc, port, config_path, stderr_path, stdout_path)
         started.append(router)
         try:
