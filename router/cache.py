@@ -78,7 +78,8 @@ with a rename onto that name by this process), so a burst of fsyncs cannot
 queue behind, or in front of, aiohttp's use of the default executor for
 serving files. The few syscalls left on the loop are cheap: ``get()`` reads
 a small (<= 64 KiB) file once before the memory tier holds it, and
-``stat``-s once on an index miss; ``abort()`` unlinks a temp file.
+``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
+``admits()`` calls ``statvfs`` at most once a second (``min_free``).
 
 ETag
     Strong, from the stat of the committed file: ``<mtime_ns>-<size>`` (hex),
