@@ -301,11 +301,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded, the cache writable and every route has a
-    usable upstream; otherwise 503 saying why."""
+    usable upstream; otherwise 503 saying why. A degraded cache (disk low or
+    failing: fills are served uncached) is said in the body, still with 200:
+    the edge proxies all the same, so it stays in rotation."""
     edge = request.app[EDGE]
     problems = await readiness_problems(edge)
     if problems:
         return text_response(503, "not ready:\n" + "".join(f"  {p}\n" for p in problems))
+    disk = edge.cache.disk
+    disk.admits()                              # a fresh look at the free space, at most 1/s
+    if disk.degraded is not None:
+        return text_response(200, f"ready\n  cache degraded: {disk.degraded}\n")
     return text_response(200, "ready\n")
 
 

@@ -12,6 +12,15 @@ upstream fetch. For a zip the first requester streams it as it arrives
 with sendfile — they would otherwise each hold a reader on a growing file
 for the same total time, and a fill that fails reaches them as one clear
 error instead of a cut-off body.
+
+A full or failing disk is the cache's problem, never the client's nor the
+upstream's: a fill whose cache write fails (ENOSPC, EIO...) or that can
+never fit in ``max_size`` goes on uncached. The first requester gets the
+whole body as it streams; a coalesced requester of a small artifact gets the
+same bytes from memory, and one of a zip (whose body was not kept) makes
+its own upstream fetch, streamed to it. While the filesystem has less than
+``cache.min_free`` free, requests skip the cache and its coalescing and are
+forwarded as they are.
 """
 
 from __future__ import annotations
@@ -26,14 +35,32 @@ import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from router.cache import CacheEntry, CacheError, Coalescer, DiskCache, MetadataCache, NegativeAnswer
+from router.cache import (
+    CacheEntry,
+    CacheError,
+    CacheUnavailable,
+    CacheWriter,
+    Coalescer,
+    DiskCache,
+    MetadataCache,
+    NegativeAnswer,
+)
 from router.config import Cache
 from router.filesend import BufferPool, SendfileResponse
-from router.forward import ClientSink, Forwarder, ForwardPlan, failure_response, text_response
+from router.forward import (
+    ClientSink,
+    Fetched,
+    Forwarder,
+    ForwardPlan,
+    Outcome,
+    failure_response,
+    text_response,
+)
 from router.integrity import is_identity
 from router.logs import log_event
 from router.protocol import ModuleRequest
@@ -61,6 +88,19 @@ class Filled:
 
 
 @dataclass(frozen=True, slots=True)
+class Uncached:
+    """A good answer the cache could not keep (disk full, write error, too large).
+
+    ``body``: a small artifact's bytes, which every coalesced requester is
+    answered with; None for a zip, streamed to the first requester only: the
+    others fetch it again themselves.
+    """
+
+    body: bytes | None
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class MetaAnswer:
     """A list/@latest/.info answer kept in memory."""
 
@@ -77,27 +117,30 @@ class ArtifactCache:
     def __init__(self, config: Cache) -> None:
         self.config = config
         self.disk = DiskCache.open(Path(config.dir), config.max_size,
-                                   small_cache_bytes=config.memory)
+                                   small_cache_bytes=config.memory, min_free=config.min_free)
         warn_about_size(self.disk)
         self.meta: MetadataCache[MetaAnswer] = MetadataCache(
             ttl=config.metadata_ttl, negative_ttl=config.negative_ttl,
             stale_max_age=config.stale_max_age)
-        self._fills: Coalescer[tuple[str, ...], Filled | MetaAnswer | Failure] = Coalescer()
+        self._fills: Coalescer[tuple[str, ...], Filled | Uncached | MetaAnswer | Failure] = Coalescer()
         self.mismatches = 0
         self._buffers = BufferPool(config.send_buffers) if config.send_buffers else None
         # What clients were told (X-Goproxy-Cache), not internal look-ups.
         self.answers: Counter[str] = Counter()
 
-    def info(self) -> dict[str, float]:
+    def info(self) -> dict[str, Any]:
         """Numbers for metrics and the status page."""
         disk = self.disk
+        degraded = disk.degraded
         return {"size_bytes": disk.size, "max_size_bytes": self.config.max_size or 0,
                 "write_buffered_bytes": disk.write_budget.used,
                 "write_budget_bytes": disk.write_budget.limit,
                 "write_waits": disk.write_budget.waits,
                 "hits": self.answers["hit"], "misses": self.answers["miss"],
                 "stale": self.answers["stale"], "evictions": disk.evictions,
-                "mismatches": self.mismatches}
+                "mismatches": self.mismatches, "reserved_bytes": disk.reserved,
+                "degraded": 1 if degraded else 0, "degraded_reason": degraded,
+                "write_errors": dict(disk.write_errors)}
 
     async def close(self) -> None:
         await self._fills.close()
@@ -129,6 +172,8 @@ class ArtifactCache:
         plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
         if request.method == "HEAD":                 # no body to keep: just ask upstream
             return await forwarder.forward(request, plan)
+        if not self.disk.admits():                   # low on disk space: serve, keep nothing
+            return await forwarder.forward(request, plan)
         sink = ClientSink(request, plan.timeouts.send) if ext == "zip" else None
         result = await self._fills.run(     # per route: its upstreams' answer, 404s included
             ("artifact", plan.route, plan.path),
@@ -142,11 +187,16 @@ class ArtifactCache:
             if response is not None:
                 return response
             return text_response(503, "goproxy-router: the cached file vanished; try again\n")
+        if isinstance(result, Uncached):
+            if result.body is not None:
+                return web.Response(body=result.body, headers=result.headers)
+            plan.started = time.monotonic()          # its own fetch: a fresh deadline
+            return await forwarder.forward(request, plan)
         assert isinstance(result, Failure)
         return text_response(result.status, result.text)
 
     async def _fill(self, plan: ForwardPlan, forwarder: Forwarder, module: str, version: str,
-                    ext: str, sink: ClientSink | None) -> Filled | Failure:
+                    ext: str, sink: ClientSink | None) -> Filled | Uncached | Failure:
         """One upstream fetch into the cache (and, for a zip, to the first requester)."""
         fetched = await forwarder.fetch(plan)
         if fetched is None:
@@ -157,24 +207,44 @@ class ArtifactCache:
             await forwarder.pump(plan, fetched, sink, None, forwarder.answer_headers(plan, fetched))
             return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent a "
                                 "compressed zip, which is passed through but not cached; try again\n")
-        writer = self.disk.writer(module, version, ext)
+        headers = forwarder.answer_headers(plan, fetched)
+        writer = self._writer(plan, fetched, module, version, ext)
         try:
             if fetched.body is not None:             # already read whole and checked
                 forwarder.note_ok(plan, fetched)
+                if writer is None:
+                    return Uncached(fetched.body, headers)
                 await writer.write(fetched.body)
                 entry = await writer.commit(len(fetched.body))
             else:
-                entry = await forwarder.pump(plan, fetched, sink, writer,
-                                             forwarder.answer_headers(plan, fetched))
+                entry = await forwarder.pump(plan, fetched, sink, writer, headers)
+        except CacheUnavailable:                     # logged and counted by the cache
+            if writer is not None:
+                writer.abort()
+            return Uncached(fetched.body, headers)
         except CacheError as exc:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent an "
                                 f"artifact the cache rejected: {exc}\n")
         if entry is None:
+            if _delivered(plan, fetched):            # streamed whole, but the cache kept nothing
+                return Uncached(None, headers)
             return Failure(502, failure_response(plan).text or "")
         if ext in ("zip", "mod"):
             await self._cross_check(module, version, fetched.target.name)
         return Filled(entry, fetched.target.name)
+
+    def _writer(self, plan: ForwardPlan, fetched: Fetched, module: str, version: str,
+                ext: str) -> CacheWriter | None:
+        """A writer with the body's size reserved, or None when it can never fit."""
+        size = len(fetched.body) if fetched.body is not None else fetched.response.content_length
+        try:
+            return self.disk.writer(module, version, ext, size)
+        except CacheUnavailable as exc:
+            log_event(log, logging.INFO, "not cached: larger than cache.max_size",
+                      request_id=plan.request_id, error=str(exc))
+            return None
 
     async def _cross_check(self, module: str, version: str, upstream: str) -> None:
         """A zip's go.mod must equal the version's .mod; when both are cached and they
@@ -316,6 +386,12 @@ def _read_list(path: Path) -> tuple[bytes, float] | None:
     except OSError:
         return None
     return (body, mtime) if body else None
+
+
+def _delivered(plan: ForwardPlan, fetched: Fetched) -> bool:
+    """Whether the fetched answer's body went through whole (its attempt ended ok)."""
+    last = plan.attempts[-1] if plan.attempts else None
+    return last is not None and last.upstream == fetched.target.name and last.outcome is Outcome.OK
 
 
 def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:

@@ -78,7 +78,8 @@ with a rename onto that name by this process), so a burst of fsyncs cannot
 queue behind, or in front of, aiohttp's use of the default executor for
 serving files. The few syscalls left on the loop are cheap: ``get()`` reads
 a small (<= 64 KiB) file once before the memory tier holds it, and
-``stat``-s once on an index miss; ``abort()`` unlinks a temp file.
+``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
+``admits()`` calls ``statvfs`` at most once a second (``min_free``).
 
 ETag
     Strong, from the stat of the committed file: ``<mtime_ns>-<size>`` (hex),
@@ -104,17 +105,19 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import functools
 import json
 import logging
+import math
 import os
 import secrets
 import stat
 import threading
 import time
 import zipfile
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -130,6 +133,8 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "CacheIntegrityError",
+    "CacheUnavailable",
+    "CacheWriteError",
     "CacheWriter",
     "Coalescer",
     "DiskCache",
@@ -171,6 +176,20 @@ class CacheError(Exception):
 
 class CacheIntegrityError(CacheError):
     """A body failed a check (size, .info version, zip structure); nothing was published."""
+
+
+class CacheUnavailable(CacheError):
+    """The cache cannot keep this body now (its disk is full or failing, or the body
+    can never fit in ``max_size``): the cache's problem, not the body's, so the
+    caller serves it uncached. Nothing was published."""
+
+
+class CacheWriteError(CacheUnavailable):
+    """Writing the cache file failed (ENOSPC, EDQUOT, EIO, EROFS...); ``errno`` names it."""
+
+    def __init__(self, message: str, errno_name: str) -> None:
+        super().__init__(message)
+        self.errno = errno_name
 
 
 @functools.lru_cache(maxsize=65536)
@@ -398,11 +417,21 @@ class WriteBudget:
 class DiskCache:
     """Immutable Go module artifacts on disk, with an LRU size bound and a memory tier.
 
-    ``max_size`` bounds the total bytes of indexed artifacts (None: unbounded);
-    least recently used artifacts are evicted after each commit, never one
-    under a ``Lease`` nor the one just committed (so the entry ``commit``
-    returns can always be served; the bound may be exceeded until the next
-    commit or lease release). Files of at most ``small_max_bytes`` are also
+    ``max_size`` bounds the total bytes of indexed artifacts plus the bytes
+    reserved by fills in progress (``reserved``; None: unbounded): a writer
+    reserves its declared size up front, or its bytes as they come, and least
+    recently used artifacts are evicted to make room before the bytes are
+    written; a declared size larger than ``max_size`` is refused
+    (CacheUnavailable). Eviction never takes a file under a ``Lease`` nor the
+    one just committed (so the entry ``commit`` returns can always be served;
+    the bound may be exceeded until the next reservation, commit or lease
+    release). ``min_free``: while the cache's filesystem has less free space
+    (``os.statvfs``, looked at most every ``free_check_interval`` seconds),
+    ``admits()`` says no and new fills are to be served uncached. A failed
+    write (ENOSPC, EIO...) raises CacheWriteError, counted in ``write_errors``
+    by errno; either condition makes the cache ``degraded`` (a reason, for
+    /readyz and metrics) until free space is back, respectively until a commit
+    succeeds. Files of at most ``small_max_bytes`` are also
     kept in memory, up to ``small_cache_bytes`` in total (LRU). ``fsync=False`` skips
     the fsyncs (tests, or a cache on tmpfs); kill -9 safety does not need
     them, power-loss safety does. Call ``sweep()`` once before serving
@@ -414,7 +443,8 @@ class DiskCache:
     Counters for metrics: ``size``, ``files``, ``evictions``, ``evicted_bytes``,
     ``memory_size``, ``hits``, ``memory_hits``, ``misses``, ``commits``,
     ``rejected`` (failed integrity checks), ``swept`` (temp files removed),
-    ``lists_written`` (``@v/list`` files rewritten or removed).
+    ``lists_written`` (``@v/list`` files rewritten or removed), ``reserved``,
+    ``write_errors`` (a Counter by errno name).
     """
 
     def __init__(
@@ -428,9 +458,18 @@ class DiskCache:
         write_buffer_bytes: int = 1024 * 1024,
         io_threads: int = 4,
         write_budget_bytes: int | None = WRITE_BUDGET_BYTES,
+        min_free: int = 0,
+        free_check_interval: float = 1.0,
     ) -> None:
         if max_size is not None and max_size < 0:
             raise ValueError("max_size must be >= 0 or None")
+        if min_free < 0:
+            raise ValueError("min_free must be >= 0")
+        self.min_free = min_free
+        self.free_check_interval = free_check_interval
+        self._free_checked = -math.inf     # monotonic time of the last statvfs
+        self._low_space: str | None = None       # why free space is too low, if it is
+        self._write_failure: str | None = None   # the last write error, until a commit works
         self.root = Path(root).absolute()
         self.max_size = max_size
         self.small_max_bytes = small_max_bytes
@@ -468,6 +507,8 @@ class DiskCache:
         self.rejected = 0
         self.swept = 0
         self.lists_written = 0   # @v/list rewrites and removals (namespace thread, sweep)
+        self.reserved = 0        # bytes open writers reserved against max_size
+        self.write_errors: Counter[str] = Counter()   # failed cache writes, by errno name
 
     @classmethod
     def open(cls, root: Path, max_size: int | None, **kwargs: Any) -> DiskCache:
@@ -544,14 +585,81 @@ class DiskCache:
 
     # -- writing --------------------------------------------------------------
 
-    def writer(self, module: str, version: str, ext: str) -> CacheWriter:
+    def writer(self, module: str, version: str, ext: str, size: int | None = None) -> CacheWriter:
         """A writer for one artifact; no I/O until the first ~1 MiB or commit.
 
         ``async with cache.writer(m, v, "zip") as w: ...; await w.commit(n)``;
-        leaving the block without a commit aborts.
+        leaving the block without a commit aborts. ``size``, when known (a
+        Content-Length), is reserved against ``max_size`` at once (evicting
+        first); a size that can never fit raises CacheUnavailable.
         """
         key = artifact_relpath(module, version, ext)
-        return CacheWriter(self, key, module, version, str(ext))
+        if size is not None and self.max_size is not None and size > self.max_size:
+            raise CacheUnavailable(f"{key}: {size} bytes can never fit in max_size "
+                                   f"({self.max_size} bytes); not cached")
+        writer = CacheWriter(self, key, module, version, str(ext))
+        if size:
+            writer._reserve(size)
+        return writer
+
+    # -- disk space -------------------------------------------------------------
+
+    def admits(self) -> bool:
+        """Whether a new fill may be cached: not while the filesystem's free space is
+        below ``min_free`` (one statvfs at most every ``free_check_interval`` s)."""
+        if time.monotonic() - self._free_checked >= self.free_check_interval:
+            self.check_free()
+        return self._low_space is None
+
+    def check_free(self) -> None:
+        """Look at the filesystem's free space now (one statvfs, cheap); log changes."""
+        self._free_checked = time.monotonic()
+        low = None
+        if self.min_free:
+            try:
+                st = os.statvfs(self.root)
+            except OSError:
+                return      # a missing or unreadable directory is /readyz's to report
+            free = st.f_bavail * st.f_frsize
+            if free < self.min_free:
+                low = (f"{free} bytes free on the cache's filesystem, "
+                       f"below cache.min_free ({self.min_free})")
+        if low is not None and self._low_space is None:
+            log_event(log, logging.WARNING, "cache degraded: low disk space, new fills are "
+                      "served uncached", dir=str(self.root), reason=low)
+        elif low is None and self._low_space is not None:
+            log_event(log, logging.INFO, "cache free space is back above cache.min_free",
+                      dir=str(self.root))
+        self._low_space = low
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the cache is degraded (low free space, a failed write), or None."""
+        reasons = [r for r in (self._low_space, self._write_failure) if r is not None]
+        return "; ".join(reasons) or None
+
+    def _write_failed(self, key: str, exc: OSError) -> CacheWriteError:
+        """Count and log a failed write (loop thread); the caller serves the body uncached."""
+        name = errno.errorcode.get(exc.errno or 0, "EUNKNOWN")
+        self.write_errors[name] += 1
+        self._write_failure = f"the last cache write failed: {name} ({exc.strerror or exc})"
+        self._free_checked = -math.inf          # look at the free space before the next fill
+        log_event(log, logging.ERROR, "cache write failed; the body is served uncached",
+                  key=key, errno=name, error=str(exc))
+        return CacheWriteError(f"{key}: writing the cache file failed: {exc}", name)
+
+    def _reserve(self, n: int, key: str) -> None:
+        """Count ``n`` more bytes in flight for ``key`` and evict to keep the bound.
+
+        A re-fill of an indexed key replaces it at commit, so its bytes count as
+        freed here (and it is not evicted for its own reservation)."""
+        self.reserved += n
+        item = self._index.get(key)
+        self._evict(protect=key, replacing=item.entry.size if item is not None else 0)
+
+    def _unreserve(self, n: int) -> None:
+        self.reserved -= n
+        assert self.reserved >= 0, "released more reserved bytes than were reserved"
 
     # -- startup and shutdown ---------------------------------------------------
 
@@ -668,6 +776,7 @@ class DiskCache:
         """Index a file a writer just renamed into place; evict if over the bound."""
         item = self._insert(key, st)
         self.commits += 1
+        self._write_failure = None               # writing works again
         entry = item.entry
         if data is not None and len(data) == entry.size and entry.size <= self.small_cache_bytes:
             entry = dataclasses.replace(entry, data=data)
@@ -683,17 +792,21 @@ class DiskCache:
             self._leases.pop(key, None)
             self._evict()
 
-    def _evict(self, *, protect: str | None = None, background: bool = True) -> None:
-        """Evict least recently used, unleased artifacts until size <= max_size.
+    def _evict(self, *, protect: str | None = None, background: bool = True,
+               replacing: int = 0) -> None:
+        """Evict least recently used, unleased artifacts until size + reserved <= max_size.
 
-        ``protect`` is the artifact just committed or adopted: never the victim
-        of its own eviction pass, so the entry handed back can be served even
-        when everything else is leased or it alone exceeds the bound (then the
-        next commit or lease release evicts it, if still over).
+        ``protect`` is the artifact just committed, adopted or being reserved for:
+        never the victim of its own eviction pass, so the entry handed back can
+        be served even when everything else is leased or it alone exceeds the
+        bound (then the next reservation, commit or lease release evicts it, if
+        still over). ``replacing``: bytes of ``protect`` a commit will replace.
         """
-        if self.max_size is None or self.size <= self.max_size:
+        if self.max_size is None:
             return
-        excess = self.size - self.max_size
+        excess = self.size + self.reserved - replacing - self.max_size
+        if excess <= 0:
+            return
         victims: list[tuple[str, _Item]] = []
         for key, item in self._index.items():
             if excess <= 0:
@@ -919,7 +1032,11 @@ class CacheWriter:
     directory with every entry under ``<module>@<version>/``), fsyncs, renames
     into place and fsyncs the directory, then returns the new CacheEntry. On
     any failure the temporary file is removed and CacheError (or
-    CacheIntegrityError) is raised. ``abort()`` (sync, idempotent) discards
+    CacheIntegrityError) is raised; when the disk itself failed (ENOSPC, EIO...)
+    it is CacheWriteError, from ``write`` or ``commit``, and the writer is
+    aborted: the caller goes on without the cache. Bytes count against
+    ``max_size`` (reserved) from the moment they are accepted until the
+    commit indexes them or the writer is aborted. ``abort()`` (sync, idempotent) discards
     the body; the async context manager aborts unless committed. A write
     interrupted by cancellation aborts the writer (a gap would corrupt it).
     Once ``commit`` has started it finishes on its own even if its caller is
@@ -945,6 +1062,7 @@ class CacheWriter:
         self._tmp: Path | None = None
         self._created_dirs: list[Path] = []
         self._job: concurrent.futures.Future[Any] | None = None
+        self._reserved = 0       # bytes of the cache's max_size this writer holds
 
     @property
     def state(self) -> str:
@@ -959,6 +1077,8 @@ class CacheWriter:
             return
         data = chunk if isinstance(chunk, bytes) else bytes(chunk)
         n = len(data)
+        if self.written + n > self._reserved:      # no size was declared, or it was a lie
+            self._reserve(self.written + n - self._reserved)
         budget = self._cache.write_budget
         if not budget.try_acquire(n):
             try:
@@ -1019,6 +1139,15 @@ class CacheWriter:
         self.abort()
 
     # -- internals --------------------------------------------------------------
+
+    def _reserve(self, n: int) -> None:
+        self._cache._reserve(n, self.key)
+        self._reserved += n
+
+    def _unreserve(self) -> None:
+        n, self._reserved = self._reserved, 0
+        if n:
+            self._cache._unreserve(n)
 
     def _submit(self, fn: Callable[..., Any], *args: Any,
                 namespace: bool = False) -> concurrent.futures.Future[Any]:
@@ -1091,7 +1220,7 @@ class CacheWriter:
         try:
             await asyncio.shield(asyncio.wrap_future(job))
         except OSError as e:
-            raise CacheError(f"{self.key}: writing the cache file failed: {e}") from e
+            raise self._cache._write_failed(self.key, e) from e
 
     async def _commit(self) -> CacheEntry:
         cache = self._cache
@@ -1109,7 +1238,7 @@ class CacheWriter:
                 self._job = self._submit(self._publish_blocking, namespace=True)
                 await asyncio.shield(asyncio.wrap_future(self._job))
             except OSError as e:
-                raise CacheError(f"{self.key}: committing the cache file failed: {e}") from e
+                raise self._cache._write_failed(self.key, e) from e
         except BaseException as e:
             self._state = self._ABORTED
             if isinstance(e, CacheIntegrityError):
@@ -1118,10 +1247,12 @@ class CacheWriter:
             self._cleanup_after_job()
             raise
         self._state = self._COMMITTED
+        self._unreserve()                        # the bytes are counted as committed now
         return cache._committed(self.key, st, data)
 
     def _cleanup_after_job(self) -> None:
         """Close and unlink the temp file now, or when the running thread job ends."""
+        self._unreserve()
         job = self._job
         if job is None or job.done():
             self._cleanup_blocking()

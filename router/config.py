@@ -334,6 +334,7 @@ class Probes(_Strict):
 
 
 DEFAULT_CACHE_MAX_SIZE = 10 * 10**9     # 10GB: a disk cache is bounded unless asked otherwise
+DEFAULT_CACHE_MIN_FREE = 10**9         # 1GB left free on the cache's filesystem
 
 
 def _max_size(value: Any) -> int | None:
@@ -363,6 +364,9 @@ class Cache(_Strict):
     metadata_ttl: Annotated[float, Field(ge=0)] = 60.0      # list, @latest, non-canonical .info
     negative_ttl: Annotated[float, Field(ge=0)] = 10.0      # remembered 404/410 answers
     stale_max_age: Annotated[float, Field(ge=0)] = 86400.0  # served when every upstream fails
+    # Free space the cache leaves on its filesystem: below it, new fills are served
+    # uncached (and /readyz, /metrics say the cache is degraded). 0: fill until ENOSPC.
+    min_free: ByteSize = DEFAULT_CACHE_MIN_FREE
 
 
 class Admin(_Strict):

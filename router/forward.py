@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from router.budget import RetryBudget
-from router.cache import CacheEntry, CacheError, CacheWriter
+from router.cache import CacheEntry, CacheError, CacheUnavailable, CacheWriter
 from router.config import Hedge, Retry, Timeouts
 from router.integrity import (
     SMALL_BODY_LIMIT,
@@ -443,7 +443,11 @@ class Forwarder:
         held back from the client until its end-of-archive record has been
         seen and the cache commit passed its checks; if anything fails, the
         client is cut off one byte short and can never take the body for
-        complete, and the cache keeps nothing. Returns the committed entry.
+        complete, and the cache keeps nothing. A cache that cannot take the
+        body (its disk is full or failing: CacheUnavailable, logged and counted
+        by the cache) is dropped and the body goes on to the client: not the
+        upstream's failure; with no client left either, the read stops there.
+        Returns the committed entry (None when nothing was cached).
         """
         upstream, target, stats = fetched.response, fetched.target, fetched.stats
         started = time.monotonic()
@@ -462,11 +466,19 @@ class Forwarder:
             tail = ZipTail() if plan.kind == "zip" and checkable else None
             received = 0
             held = b""
+            dropped = False                   # the cache gave up on this body
             try:
                 async for chunk in upstream.chunks():
                     received += len(chunk)
                     if cache is not None:
-                        await cache.write(chunk)
+                        try:
+                            await cache.write(chunk)
+                        except CacheUnavailable:
+                            cache, dropped = None, True
+                    if dropped and (client is None or client.gone):
+                        upstream.close()      # nobody wants the rest: stop reading
+                        self._streamed(plan, fetched, started, "ok (not cached, nobody to send it to)")
+                        return None
                     if tail is not None:
                         tail.feed(chunk)
                     if client is not None:
@@ -482,7 +494,12 @@ class Forwarder:
                 problem = tail.problem() if tail is not None else None
                 if problem is not None:
                     raise AttemptError(f"invalid .zip: {problem}")
-                entry = await cache.commit(received) if cache is not None else None
+                entry = None
+                if cache is not None:
+                    try:
+                        entry = await cache.commit(received)
+                    except CacheUnavailable:
+                        dropped = True
             except (AttemptError, AttemptTimeout, CacheError) as exc:
                 upstream.close()
                 if cache is not None:
@@ -495,11 +512,16 @@ class Forwarder:
             upstream.release()
             if client is not None:
                 await client.finish(held)
-            plan.attempts.append(Attempt(target.name, Outcome.OK, time.monotonic() - started, 200, "ok"))
-            self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
+            self._streamed(plan, fetched, started, "ok (not cached)" if dropped else "ok")
             return entry
         finally:
             fetched.stats.end()
+
+    def _streamed(self, plan: ForwardPlan, fetched: Fetched, started: float, detail: str) -> None:
+        """Record a streamed answer that went through."""
+        plan.attempts.append(Attempt(fetched.target.name, Outcome.OK, time.monotonic() - started,
+                                     200, detail))
+        self.observer.attempt(fetched.target.name, Outcome.OK.value, fetched.headers_at)
 
 
 class ClientSink:

@@ -153,7 +153,7 @@ class LiveCollector(Collector):
     """Reads live state at scrape time: breakers, latency estimates, budget, cache."""
 
     def __init__(self, stats: StatsRegistry, budget: Callable[[], Any],
-                 cache: Callable[[], dict[str, float] | None], now: Callable[[], float],
+                 cache: Callable[[], dict[str, Any] | None], now: Callable[[], float],
                  plugin_errors: Callable[[], Mapping[str, int]]) -> None:
         self._stats = stats
         self._budget = budget
@@ -214,6 +214,23 @@ class LiveCollector(Collector):
                     "goproxy_cache_write_waits",
                     "Times a fill waited for the write budget (its upstream read held back).",
                     value=cache["write_waits"])
+            if "degraded" in cache:
+                yield GaugeMetricFamily(
+                    "goproxy_cache_degraded",
+                    "1 while the disk cache is degraded (free space below cache.min_free, or its "
+                    "last write failed): fills are served, not all of them cached.",
+                    value=cache["degraded"])
+                yield GaugeMetricFamily(
+                    "goproxy_cache_reserved_bytes",
+                    "Bytes fills in progress have reserved against the cache's size bound.",
+                    value=cache["reserved_bytes"])
+                write_errors = CounterMetricFamily(
+                    "goproxy_cache_write_errors",
+                    "Cache writes that failed (the body was served uncached), by errno.",
+                    labels=["errno"])
+                for errno_name, count in sorted(cache["write_errors"].items()):
+                    write_errors.add_metric([errno_name], count)
+                yield write_errors
             for name in ("hits", "misses", "stale", "evictions"):
                 yield CounterMetricFamily(f"goproxy_cache_{name}", f"Cache {name}.",
                                           value=cache[name])
