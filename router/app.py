@@ -171,8 +171,7 @@ class Edge:
         sink = self._access_sink(started)
         if sink is None and not log.isEnabledFor(logging.INFO):
             return response
-        forwarded_for = headers.get("X-Forwarded-For") if peer.trusted else None
-        client = (json.dumps(str(self.state.peers.client(peer, forwarded_for))) if forwarded_for
+        client = (json.dumps(str(self.state.peers.client(peer, headers))) if peer.trusted
                   else peer.json)
         elapsed = time.monotonic() - started
         if sink is not None:
@@ -362,7 +361,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     state = edge.state
     peer = _peer(request, state.peers)
     request["state"] = state                    # this request's config, even across a reload
-    request["client_ip"] = state.peers.client(peer, request.headers.get("X-Forwarded-For"))
+    request["client_ip"] = state.peers.client(peer, request.headers)
     request["request_id"] = edge.request_ids.choose(request.headers.get("X-Request-Id"),
                                                     peer.trusted)
     status = 500
