@@ -46,7 +46,7 @@ from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from router.metrics import LiveCollector, Metrics, MetricsObserver
 from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
-from router.routes import AccessDenied, CompiledRoute, RouteTable
+from router.routes import AccessDenied, CompiledRoute, RouteTable, make_private
 from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
 from router.stats import BreakerState, StatsRegistry, StatsSettings
 from router.status import setup_status
@@ -258,6 +258,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                       f"module {req.module}\n")
         request["route"] = route.name
         if route.access is not None:
+            request["private"] = True           # every answer from here on: see _on_prepare
             try:
                 route.access.check(request["client_ip"], request.headers.get("Authorization"))
             except AccessDenied as exc:
@@ -449,10 +450,20 @@ def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> 
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every answer of the full flow gets, just before they are sent.
+
+    An answer of a route with `allow` is made private here rather than where
+    it is produced (memory or disk hit, a streamed fill, 304, 206, HEAD,
+    stale, an error): every answer of the app passes here, the ones added
+    later too, so none can be left public by a path that forgot. The thin
+    path (router/hits.py) does not pass here; it keeps public answers only.
+    """
     request_id = request.get("request_id")
     if request_id:
         response.headers["X-Request-Id"] = request_id
     response.headers["Server"] = SERVER
+    if request.get("private"):
+        make_private(response.headers, response.status)
 
 
 def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:

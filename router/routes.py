@@ -12,7 +12,7 @@ import binascii
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from router.config import Allow, Config, ConfigError, Hedge, Retry, Route, Timeouts
@@ -29,6 +29,32 @@ class AccessDenied(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+PRIVATE_NO_STORE = "private, no-store"
+
+
+def make_private(headers: MutableMapping[str, str], status: int) -> None:
+    """Mark an answer of a route with `allow` as one client's own.
+
+    A shared cache or CDN in front must never keep it for others: `public`
+    becomes `private` (max-age and immutable stay, for the client's own
+    cache), anything not declared cacheable, and every error, becomes
+    `private, no-store`, and `Vary: Authorization` says the answer depends on
+    the credentials.
+    """
+    cache_control = headers.get("Cache-Control")
+    if status >= 400 or not cache_control:
+        headers["Cache-Control"] = PRIVATE_NO_STORE
+    else:
+        directives = [d.strip() for d in cache_control.split(",")]
+        kept = [d for d in directives if d.lower() not in ("public", "private")]
+        headers["Cache-Control"] = ", ".join(["private", *kept])
+    vary = headers.get("Vary")
+    if vary is None:
+        headers["Vary"] = "Authorization"
+    elif "authorization" not in {v.strip().lower() for v in vary.split(",")}:
+        headers["Vary"] = f"{vary}, Authorization"
 
 
 @dataclass(frozen=True, slots=True)
