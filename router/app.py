@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router import __version__
 from router.admin import AdminPolicy
@@ -466,9 +467,32 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         make_private(response.headers, response.status)
 
 
+class RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with a request it could not parse told in one INFO line.
+
+    aiohttp answers a malformed request line, method, version or header 400
+    itself, before any handler or middleware, and logs it with a traceback at
+    ERROR (at DEBUG for a bad method on a fresh connection). That is the
+    client's mistake, common on a port open to the internet, not the edge's:
+    one line at INFO (`bad request`, client, status, problem) says it.
+    Everything else passes through unchanged.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            log_event(errors_log, logging.INFO, "bad request",
+                      client=str(args[0]) if args else None, status=exc.code,
+                      problem=" ".join(str(exc.message).split())[:200])
+            return
+        super().log(level, msg, *args, **kwargs)
+
+
 def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
     """The application for one config; the process-long parts live in its Edge."""
-    app = web.Application(middlewares=[edge_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[edge_middleware], handler_args={
+        "max_field_size": 16384,
+        "logger": RequestErrorLog(logging.getLogger("aiohttp.server"), {})})
     edge = app[EDGE] = Edge(config, env)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
