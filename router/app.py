@@ -44,7 +44,7 @@ from router.hits import (
 from router.identity import Peer, PeerBook, RequestIds
 from router.logs import Clock, LineSink, direct_sink, log_event
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from router.metrics import LiveCollector, Metrics, MetricsObserver
+from router.metrics import AuthCollector, LiveCollector, Metrics, MetricsObserver
 from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable, make_private
@@ -52,6 +52,7 @@ from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, 
 from router.stats import BreakerState, StatsRegistry, StatsSettings
 from router.status import setup_status
 from router.sumdb import SumdbProxy
+from router.throttle import AuthThrottle
 from router.upstream import UpstreamClient, UpstreamTarget
 
 log = logging.getLogger("router.access")
@@ -133,6 +134,8 @@ class Edge:
         self.metrics.attach(LiveCollector(self.registry, lambda: self.budget, self.cache.info,
                                           time.monotonic, lambda: self.state.engine.errors))
         self.admin = AdminPolicy.from_config(config, env)
+        self.auth_throttle = AuthThrottle()         # across reloads: a reload is no fresh start
+        self.metrics.registry.register(AuthCollector(self.auth_throttle))
         self.hits = HitTable(config.cache.memory)
         self.request_ids = RequestIds()
         self._clock = Clock()
@@ -261,11 +264,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if route.access is not None:
             request["private"] = True           # every answer from here on: see _on_prepare
             try:
-                route.access.check(request["client_ip"], request.headers.get("Authorization"))
+                route.access.check(request["client_ip"], request.headers.get("Authorization"),
+                                   edge.auth_throttle)
             except AccessDenied as exc:
-                headers = ({"WWW-Authenticate": f'Basic realm="goproxy-router {route.name}"'}
-                           if exc.status == 401 else None)
-                return text_response(exc.status, f"goproxy-router: {exc.reason}\n", headers)
+                return text_response(exc.status, f"goproxy-router: {exc.reason}\n",
+                                     exc.headers(f"goproxy-router {route.name}"))
     if isinstance(req, SumdbRequest):
         request["kind"] = "sumdb"
         return await state.sumdb.handle(request, req, route, request["request_id"])
@@ -369,10 +372,13 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     status = 500
     try:
         if _is_admin_path(request.path):
-            denied = edge.admin.check(request["client_ip"], request.headers.get("Authorization"))
-            if denied is not None:
-                status = 403
-                return text_response(403, f"goproxy-router: {denied}\n")
+            try:
+                edge.admin.check(request["client_ip"], request.headers.get("Authorization"),
+                                 edge.auth_throttle)
+            except AccessDenied as exc:
+                status = exc.status
+                return text_response(exc.status, f"goproxy-router: {exc.reason}\n",
+                                     exc.headers("goproxy-router operator endpoints"))
         response = await handler(request)
         status = response.status
         request["bytes"] = _body_size(response)
