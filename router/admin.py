@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 from router.config import Config, ConfigError
 from router.geo import IPAddress, IPNetwork
+from router.routes import AccessDenied, admit, authorization_text
+from router.throttle import AuthThrottle
+
+SURFACE = "the operator endpoints"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,13 +33,25 @@ class AdminPolicy:
             token = value.strip().encode()
         return cls(config.admin.cidrs, token)
 
-    def check(self, client: IPAddress | None, authorization: str | None) -> str | None:
-        """None when allowed, else the reason for a 403."""
+    def check(self, client: IPAddress | None, authorization: str | None,
+              throttle: AuthThrottle | None = None) -> None:
+        """Return when allowed; AccessDenied otherwise (403, 400 for an Authorization that
+        is not text, 429 for an address with too many wrong tokens lately).
+
+        Only a Bearer token can be right, so only a wrong Bearer token counts as
+        a failed guess; from an admin network the token is not looked at.
+        """
         if client is not None and any(client in net for net in self.cidrs):
-            return None
+            return
         if self.token is not None and authorization:
+            admit(throttle, client, "admin", SURFACE)
+            authorization_text(authorization, SURFACE)
             scheme, _, value = authorization.partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token):
-                return None
-        return (f"the operator endpoints are not open to {client}: connect from an admin "
-                "network (admin.cidrs) or send the admin token (admin.token_env) as a Bearer token")
+            if scheme.lower() == "bearer":
+                if hmac.compare_digest(value.strip().encode(), self.token):
+                    return
+                if throttle is not None:
+                    throttle.failed(client, "admin")
+        raise AccessDenied(403, f"{SURFACE} are not open to {client}: connect from an admin "
+                                "network (admin.cidrs) or send the admin token (admin.token_env) "
+                                "as a Bearer token")

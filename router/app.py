@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router import __version__
 from router.admin import AdminPolicy
@@ -43,14 +44,15 @@ from router.hits import (
 from router.identity import Peer, PeerBook, RequestIds
 from router.logs import Clock, LineSink, direct_sink, log_event
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from router.metrics import LiveCollector, Metrics, MetricsObserver
+from router.metrics import AuthCollector, LiveCollector, Metrics, MetricsObserver
 from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
-from router.routes import AccessDenied, CompiledRoute, RouteTable
+from router.routes import AccessDenied, CompiledRoute, RouteTable, make_private
 from router.scoring import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
 from router.stats import BreakerState, StatsRegistry, StatsSettings
 from router.status import setup_status
 from router.sumdb import SumdbProxy
+from router.throttle import AuthThrottle
 from router.upstream import UpstreamClient, UpstreamTarget
 
 log = logging.getLogger("router.access")
@@ -132,6 +134,8 @@ class Edge:
         self.metrics.attach(LiveCollector(self.registry, lambda: self.budget, self.cache.info,
                                           time.monotonic, lambda: self.state.engine.errors))
         self.admin = AdminPolicy.from_config(config, env)
+        self.auth_throttle = AuthThrottle()         # across reloads: a reload is no fresh start
+        self.metrics.registry.register(AuthCollector(self.auth_throttle))
         self.hits = HitTable(config.cache.memory)
         self.request_ids = RequestIds()
         self._clock = Clock()
@@ -171,8 +175,7 @@ class Edge:
         sink = self._access_sink(started)
         if sink is None and not log.isEnabledFor(logging.INFO):
             return response
-        forwarded_for = headers.get("X-Forwarded-For") if peer.trusted else None
-        client = (json.dumps(str(self.state.peers.client(peer, forwarded_for))) if forwarded_for
+        client = (json.dumps(str(self.state.peers.client(peer, headers))) if peer.trusted
                   else peer.json)
         elapsed = time.monotonic() - started
         if sink is not None:
@@ -259,12 +262,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                       f"module {req.module}\n")
         request["route"] = route.name
         if route.access is not None:
+            request["private"] = True           # every answer from here on: see _on_prepare
             try:
-                route.access.check(request["client_ip"], request.headers.get("Authorization"))
+                route.access.check(request["client_ip"], request.headers.get("Authorization"),
+                                   edge.auth_throttle)
             except AccessDenied as exc:
-                headers = ({"WWW-Authenticate": f'Basic realm="goproxy-router {route.name}"'}
-                           if exc.status == 401 else None)
-                return text_response(exc.status, f"goproxy-router: {exc.reason}\n", headers)
+                return text_response(exc.status, f"goproxy-router: {exc.reason}\n",
+                                     exc.headers(f"goproxy-router {route.name}"))
     if isinstance(req, SumdbRequest):
         request["kind"] = "sumdb"
         return await state.sumdb.handle(request, req, route, request["request_id"])
@@ -368,16 +372,19 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     state = edge.state
     peer = _peer(request, state.peers)
     request["state"] = state                    # this request's config, even across a reload
-    request["client_ip"] = state.peers.client(peer, request.headers.get("X-Forwarded-For"))
+    request["client_ip"] = state.peers.client(peer, request.headers)
     request["request_id"] = edge.request_ids.choose(request.headers.get("X-Request-Id"),
                                                     peer.trusted)
     status = 500
     try:
         if _is_admin_path(request.path):
-            denied = edge.admin.check(request["client_ip"], request.headers.get("Authorization"))
-            if denied is not None:
-                status = 403
-                return text_response(403, f"goproxy-router: {denied}\n")
+            try:
+                edge.admin.check(request["client_ip"], request.headers.get("Authorization"),
+                                 edge.auth_throttle)
+            except AccessDenied as exc:
+                status = exc.status
+                return text_response(exc.status, f"goproxy-router: {exc.reason}\n",
+                                     exc.headers("goproxy-router operator endpoints"))
         response = await handler(request)
         status = response.status
         request["bytes"] = _body_size(response)
@@ -456,15 +463,48 @@ def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> 
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers every answer of the full flow gets, just before they are sent.
+
+    An answer of a route with `allow` is made private here rather than where
+    it is produced (memory or disk hit, a streamed fill, 304, 206, HEAD,
+    stale, an error): every answer of the app passes here, the ones added
+    later too, so none can be left public by a path that forgot. The thin
+    path (router/hits.py) does not pass here; it keeps public answers only.
+    """
     request_id = request.get("request_id")
     if request_id:
         response.headers["X-Request-Id"] = request_id
     response.headers["Server"] = SERVER
+    if request.get("private"):
+        make_private(response.headers, response.status)
+
+
+class RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with a request it could not parse told in one INFO line.
+
+    aiohttp answers a malformed request line, method, version or header 400
+    itself, before any handler or middleware, and logs it with a traceback at
+    ERROR (at DEBUG for a bad method on a fresh connection). That is the
+    client's mistake, common on a port open to the internet, not the edge's:
+    one line at INFO (`bad request`, client, status, problem) says it.
+    Everything else passes through unchanged.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            log_event(errors_log, logging.INFO, "bad request",
+                      client=str(args[0]) if args else None, status=exc.code,
+                      problem=" ".join(str(exc.message).split())[:200])
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Application:
     """The application for one config; the process-long parts live in its Edge."""
-    app = web.Application(middlewares=[edge_middleware], handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[edge_middleware], handler_args={
+        "max_field_size": 16384,
+        "logger": RequestErrorLog(logging.getLogger("aiohttp.server"), {})})
     edge = app[EDGE] = Edge(config, env)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -23,14 +23,23 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def parse_ip(text: str | None) -> IPAddress | None:
-    """An address from a peer name or a header entry; None if it is not one."""
+    """An address from a peer name or a header entry; None if it is not one.
+
+    Takes `v4`, `v4:port`, `v6`, `[v6]` and `[v6]:port` (a port must be digits);
+    anything else (`unknown`, an obfuscated id, a name) is not an address.
+    """
     if not text:
         return None
     text = text.strip()
-    if text.startswith("[") and "]" in text:          # "[v6]:port"
-        text = text[1:text.index("]")]
+    if text.startswith("["):                            # "[v6]" or "[v6]:port"
+        host, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+        text = host
     elif text.count(":") == 1:                          # "v4:port"
-        text = text.split(":", 1)[0]
+        text, _, port = text.partition(":")
+        if not port.isdigit():
+            return None
     try:
         address = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
@@ -45,23 +54,51 @@ def is_trusted(address: IPAddress | None, trusted: Sequence[IPNetwork]) -> bool:
     return address is not None and any(address in net for net in trusted)
 
 
-def client_address(peer: str | None, forwarded_for: str | None,
+def client_address(peer: str | None, forwarded_for: Sequence[str],
                    trusted: Sequence[IPNetwork]) -> IPAddress | None:
-    """The peer address, or the rightmost untrusted X-Forwarded-For hop behind trusted peers.
-
-    Reading from the right means a client cannot forge its way in: entries it
-    wrote itself sit to the left of the ones our own proxies appended.
-    """
+    """The peer address, or the client our trusted proxies report (see `forwarded_client`)."""
     address = parse_ip(peer)
-    if address is None or not forwarded_for or not is_trusted(address, trusted):
+    if address is None or not is_trusted(address, trusted):
         return address
-    for hop in reversed(forwarded_for.split(",")):
-        hop_address = parse_ip(hop)
-        if hop_address is None:
-            return address          # garbage: stop at the last hop we could read
-        address = hop_address
-        if not is_trusted(address, trusted):
-            return address
+    return forwarded_client(address, forwarded_for, trusted)
+
+
+def forwarded_client(peer: IPAddress, forwarded_for: Sequence[str],
+                     trusted: Sequence[IPNetwork]) -> IPAddress | None:
+    """The client behind a trusted peer: the rightmost untrusted X-Forwarded-For hop.
+
+    `forwarded_for` is every X-Forwarded-For line of the request, in order:
+    a proxy may add its own line rather than extend the last one (HAProxy's
+    `option forwardfor`), and the lines together are one comma list (RFC 9110
+    5.3), so reading only the first would read the client's own. Hops are read
+    from the right, as nginx's realip does with `real_ip_recursive on`: each
+    was written by the hop to its right, and we walk while that writer is one
+    of our proxies; entries a client wrote itself sit to the left of the ones
+    our proxies appended. Empty entries are skipped.
+
+    A hop that is not an address (`unknown`, `_hidden`, a name) where the walk
+    stands means a trusted proxy could not say who its client was: the client
+    is unknown (None), so it gets no network's access (`allow.cidrs`,
+    `admin.cidrs`) and a neutral country. nginx would take the proxy's own
+    address instead, which opens whatever the proxy's network opens to anyone
+    behind it. All hops trusted: the leftmost one is the client.
+
+    Only X-Forwarded-For is read; `Forwarded` (RFC 7239) is ignored, as nginx
+    does. Reading both is only safe when one knows which one the proxies
+    write: whichever they do not write is the client's alone, and preferring
+    it would let a client name any address.
+    """
+    address = peer
+    for line in reversed(forwarded_for):
+        for hop in reversed(line.split(",")):
+            if not hop or hop.isspace():
+                continue
+            hop_address = parse_ip(hop)
+            if hop_address is None:
+                return None
+            address = hop_address
+            if not is_trusted(address, trusted):
+                return address
     return address
 
 

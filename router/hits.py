@@ -74,9 +74,15 @@ class HitTable:
 
     def keep(self, raw_path: str, entry: CacheEntry, *, content_type: str, cache_control: str,
              server: str, route: str, module: str, version: str, kind: str) -> None:
-        """Remember the answer a GET of `raw_path` just got from the memory tier."""
+        """Remember the answer a GET of `raw_path` just got from the memory tier.
+
+        Only a public answer: a kept one goes out without the app's last look
+        at its headers (which makes a private route's answers private), so an
+        answer that is not `public` is never kept, whoever asks.
+        """
         body = entry.data
-        if body is None or len(body) > self.max_bytes or "?" in raw_path:
+        if (body is None or len(body) > self.max_bytes or "?" in raw_path
+                or not cache_control.startswith("public")):
             return
         headers = CIMultiDict({
             "Content-Type": content_type,

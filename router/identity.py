@@ -16,7 +16,9 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.geo import IPAddress, IPNetwork, client_address, is_trusted, parse_ip
+from multidict import CIMultiDictProxy
+
+from router.geo import IPAddress, IPNetwork, forwarded_client, is_trusted, parse_ip
 
 _OFFERED_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 PEERS_REMEMBERED = 4096     # distinct peer addresses kept; beyond that the book starts over
@@ -70,8 +72,13 @@ class PeerBook:
                 json.dumps(str(address)))
         return found
 
-    def client(self, peer: Peer, forwarded_for: str | None) -> IPAddress | None:
-        """The client's address: the peer, or the X-Forwarded-For hop our proxies vouch for."""
-        if forwarded_for and peer.trusted:
-            return client_address(str(peer.address), forwarded_for, self.trusted_proxies)
-        return peer.address
+    def client(self, peer: Peer, headers: CIMultiDictProxy[str]) -> IPAddress | None:
+        """The client's address: the peer, or the X-Forwarded-For hop our proxies vouch for
+        (every X-Forwarded-For line counts: geo.forwarded_client). Both the full flow and
+        the thin path ask here, so they always agree on who the client is."""
+        if not peer.trusted or peer.address is None:
+            return peer.address
+        forwarded_for = headers.getall("X-Forwarded-For", ())
+        if not forwarded_for:
+            return peer.address
+        return forwarded_client(peer.address, forwarded_for, self.trusted_proxies)

@@ -22,6 +22,7 @@ from router.connections import ConnectionCounts
 from router.forward import AttemptObserver
 from router.logs import dropped_lines
 from router.stats import BreakerState, StatsRegistry
+from router.throttle import SURFACES, AuthThrottle
 
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 RELOAD_RESULTS = ("ok", "rejected", "error")   # rejected: the file is invalid; error: it
@@ -147,6 +148,28 @@ class ConnectionsCollector(Collector):
         yield CounterMetricFamily("goproxy_connections_evicted",
                                   "Idle connections closed to make room for new ones at the cap.",
                                   value=counts.evicted)
+
+
+class AuthCollector(Collector):
+    """Failed authentications and the refusals of the throttle (router/throttle.py), by
+    surface (a route's `allow` tokens, or the admin token): a guessing client shows here."""
+
+    def __init__(self, throttle: AuthThrottle) -> None:
+        self._throttle = throttle
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, tally in (
+                ("goproxy_auth_failures", "Credentials presented and not accepted, by surface.",
+                 self._throttle.failures),
+                ("goproxy_auth_throttled", "Requests refused with 429 after too many wrong "
+                 "credentials from their client address, by surface.", self._throttle.throttled)):
+            family = CounterMetricFamily(name, help_text, labels=["surface"])
+            for surface in SURFACES:
+                family.add_metric([surface], tally[surface])
+            yield family
 
 
 class LiveCollector(Collector):

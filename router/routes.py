@@ -12,23 +12,86 @@ import binascii
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from router.config import Allow, Config, ConfigError, Hedge, Retry, Route, Timeouts
 from router.patterns import PatternTable
+from router.throttle import AuthThrottle, retry_after
 from router.upstream import UpstreamTarget
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class AccessDenied(Exception):
-    """The client may not fetch this route's modules: 401 (no credentials) or 403."""
+    """The client may not have this: 400 (unreadable credentials), 401 (none), 403, or
+    429 (too many wrong credentials from its address lately; `retry_after` seconds)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
+
+    def headers(self, realm: str) -> dict[str, str] | None:
+        """The headers its answer needs: a challenge for 401, Retry-After for 429."""
+        if self.status == 401:
+            return {"WWW-Authenticate": f'Basic realm="{realm}"'}
+        if self.status == 429 and self.retry_after is not None:
+            return {"Retry-After": retry_after(self.retry_after)}
+        return None
+
+
+def authorization_text(authorization: str | None, what: str) -> str | None:
+    """The Authorization header, or AccessDenied(400) when it is not UTF-8 text.
+
+    aiohttp hands header bytes that are not UTF-8 over as lone surrogates
+    (surrogateescape); encoding them again would raise, a 500. No token can
+    be such a value, so say what is wrong instead.
+    """
+    if authorization is not None:
+        try:
+            authorization.encode()
+        except UnicodeEncodeError:
+            raise AccessDenied(400, f"{what}: the Authorization header is not UTF-8 text") from None
+    return authorization
+
+
+def admit(throttle: AuthThrottle | None, client: IPAddress | None, surface: str,
+          what: str) -> None:
+    """AccessDenied(429) while `client` has made too many wrong guesses lately."""
+    if throttle is None:
+        return
+    wait = throttle.wait(client, surface)
+    if wait > 0:
+        raise AccessDenied(429, f"{what}: too many wrong credentials from {client}; "
+                                f"try again in {retry_after(wait)}s", wait)
+
+
+PRIVATE_NO_STORE = "private, no-store"
+
+
+def make_private(headers: MutableMapping[str, str], status: int) -> None:
+    """Mark an answer of a route with `allow` as one client's own.
+
+    A shared cache or CDN in front must never keep it for others: `public`
+    becomes `private` (max-age and immutable stay, for the client's own
+    cache), anything not declared cacheable, and every error, becomes
+    `private, no-store`, and `Vary: Authorization` says the answer depends on
+    the credentials.
+    """
+    cache_control = headers.get("Cache-Control")
+    if status >= 400 or not cache_control:
+        headers["Cache-Control"] = PRIVATE_NO_STORE
+    else:
+        directives = [d.strip() for d in cache_control.split(",")]
+        kept = [d for d in directives if d.lower() not in ("public", "private")]
+        headers["Cache-Control"] = ", ".join(["private", *kept])
+    vary = headers.get("Vary")
+    if vary is None:
+        headers["Vary"] = "Authorization"
+    elif "authorization" not in {v.strip().lower() for v in vary.split(",")}:
+        headers["Vary"] = f"{vary}, Authorization"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +117,33 @@ class AccessPolicy:
                                    "holds no tokens"])
         return cls(route, allow.cidrs, tokens, allow.require == "all")
 
-    def check(self, client_ip: IPAddress | None, authorization: str | None) -> None:
-        """Return if the client is allowed; raise AccessDenied with a reason otherwise."""
+    def check(self, client_ip: IPAddress | None, authorization: str | None,
+              throttle: AuthThrottle | None = None) -> None:
+        """Return if the client is allowed; raise AccessDenied with a reason otherwise.
+
+        The token is looked at only when it decides: not for a client its
+        network already lets in, nor (with `require: all`) for one outside the
+        networks, which would otherwise learn whether a guess was right. With
+        a `throttle`, an address with too many wrong tokens lately gets 429
+        before its token is compared, and every wrong token is counted.
+        """
+        route = f"route {self.route}"
         by_address = bool(self.cidrs) and client_ip is not None and any(
             client_ip in net for net in self.cidrs)
-        token = _presented_token(authorization)
-        by_token = bool(self.tokens) and token is not None and self._token_ok(token)
-        checks = ([by_address] if self.cidrs else []) + ([by_token] if self.tokens else [])
-        if all(checks) if self.require_all else any(checks):
-            return
-        if self.tokens and token is None:
-            raise AccessDenied(401, f"route {self.route} needs credentials: send a token as "
+        if self.cidrs and (by_address != self.require_all or not self.tokens):
+            if by_address:
+                return                           # the network is enough (require any)
+            raise AccessDenied(403, f"{route}: client {client_ip} is not in an allowed network")
+        if authorization:
+            admit(throttle, client_ip, "route", route)
+        token = _presented_token(authorization_text(authorization, route))
+        if token is None:
+            raise AccessDenied(401, f"{route} needs credentials: send a token as "
                                     "the password of HTTP Basic auth (.netrc) or as a Bearer token")
-        if self.tokens and not by_token:
-            raise AccessDenied(403, f"route {self.route}: the token presented is not accepted")
-        raise AccessDenied(403, f"route {self.route}: client {client_ip} is not in an allowed network")
+        if not self._token_ok(token):
+            if throttle is not None:
+                throttle.failed(client_ip, "route")
+            raise AccessDenied(403, f"{route}: the token presented is not accepted")
 
     def _token_ok(self, token: bytes) -> bool:
         # Compare against every token, in constant time per token.

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.cache import CacheEntry
@@ -494,14 +495,19 @@ def test_request_ids_are_unique_and_offered_ids_need_trust() -> None:
     assert a.choose("x" * 129, True) != "x" * 129
 
 
+def xff(*lines: str) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(("X-Forwarded-For", line) for line in lines))
+
+
 def test_peer_book_parses_each_peer_once() -> None:
     import ipaddress
     book = PeerBook([ipaddress.ip_network("10.0.0.0/8")])
     proxy = book.peer("10.1.2.3")
     assert proxy is book.peer("10.1.2.3") and proxy.trusted
-    assert str(book.client(proxy, "198.51.100.7, 10.9.9.9")) == "198.51.100.7"
+    assert str(book.client(proxy, xff("198.51.100.7, 10.9.9.9"))) == "198.51.100.7"
+    assert str(book.client(proxy, xff("198.51.100.7", "10.9.9.9"))) == "198.51.100.7"
     stranger = book.peer("::ffff:192.0.2.1")
     assert str(stranger.address) == "192.0.2.1" and not stranger.trusted
     assert stranger.json == '"192.0.2.1"'
-    assert str(book.client(stranger, "198.51.100.7")) == "192.0.2.1"
+    assert str(book.client(stranger, xff("198.51.100.7"))) == "192.0.2.1"
     assert book.peer(None).address is None and book.peer(None).json == '"None"'
