@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from router import __version__
 from router.admin import AdminPolicy
-from router.config import Config, ConfigError, load_config, parse_listen, read_config
-from router.logs import setup_logging
+from router.config import Config, ConfigError, LoadedConfig, load_config, parse_listen, read_config
+from router.logs import log_event, setup_logging
 from router.routes import RouteTable
+from router.safety import config_warnings
 from router.scoring import PluginError, load_plugins
+
+log = logging.getLogger("router.cli")
 
 DEFAULT_CONFIG = "routes.yaml"
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -20,6 +24,11 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 def _load(path: str) -> Config:
     """Load and fully check a config, including what only the environment can tell."""
+    return _read(path).config
+
+
+def _read(path: str) -> LoadedConfig:
+    """_load, keeping the YAML for warnings that name a line."""
     loaded = read_config(path)
     config = loaded.config
     RouteTable(config)  # resolves tokens_env and compiles every pattern
@@ -29,7 +38,7 @@ def _load(path: str) -> Config:
     except PluginError as exc:
         raise ConfigError([loaded.error(("scoring", "plugins", *p.loc), p.message)
                            for p in exc.problems] or [f"{path}: scoring.plugins: {exc}"]) from None
-    return config
+    return loaded
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -44,11 +53,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"goproxy-router: cannot start: {exc}", file=sys.stderr)
         return 1
     try:
-        config = _load(args.config)
+        loaded = _read(args.config)
+        config = loaded.config
         host, port = parse_listen(args.listen or config.listen)
     except (ConfigError, ValueError) as exc:
         print(f"goproxy-router: cannot start:\n{exc}", file=sys.stderr)
         return 1
+    for warning in config_warnings(loaded, args.config):
+        log_event(log, logging.WARNING, "config warning", warning=warning)
     if args.workers < 1:
         print("goproxy-router: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -66,11 +78,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 1 on an error; warnings (risky but valid settings) go to stderr and keep 0."""
     try:
-        config = _load(args.config)
+        loaded = _read(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    config = loaded.config
+    for warning in config_warnings(loaded, args.config):
+        print(warning, file=sys.stderr)
     print(f"{args.config}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams, "
           f"{len(config.sumdb)} checksum databases)")
     return 0

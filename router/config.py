@@ -31,7 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from router.patterns import PatternError, validate_glob
 from router.protocol import sumdb_name_problem
-from router.redact import redact
+from router.redact import redact, secret_values
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Loc = tuple[str | int, ...]
@@ -84,8 +84,10 @@ Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(_networks)]
 def _http_url(value: str) -> str:
     from yarl import URL
 
-    url = URL(value.strip())
     shown = redact(value)           # an error quotes the URL back: never its user:password@
+    if any(c.isspace() for c in value.strip()):
+        raise ValueError(f"{shown!r} must not contain white space")
+    url = URL(value.strip())
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"{shown!r} is not an http(s) URL with a host")
     if url.query_string or url.fragment:
@@ -437,11 +439,21 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class _Document:
-    """The composed YAML tree, kept to point errors at their line."""
+    """The composed YAML tree, kept to point errors at their line.
+
+    It also remembers what ${VAR} expansion put where: `from_env` holds the
+    locations of values that came (at least partly) from the environment,
+    `env_values` the values substituted. An error message may quote the value
+    it refuses; the substituted ones are redacted from it, since a variable
+    is where secrets live (a token in a URL, a header), and such a message
+    reaches stderr, logs and a reload's ERROR line.
+    """
 
     def __init__(self, source: str, root: Node | None) -> None:
         self.source = source
         self.root = root
+        self.from_env: set[Loc] = set()
+        self.env_values: tuple[str, ...] = ()
 
     def line_of(self, loc: Loc) -> int | None:
         node = self.root
@@ -464,6 +476,8 @@ class _Document:
         return line
 
     def error(self, loc: Loc, message: str) -> str:
+        if self.env_values:
+            message = redact(message, self.env_values)
         line = self.line_of(loc)
         where = f"{self.source}:{line}" if line else self.source
         key = format_loc(loc)
@@ -482,8 +496,13 @@ def format_loc(loc: Loc) -> str:
 
 
 def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> list[str]:
-    """Replace ${VAR} in string scalars in place; "$$" is a literal "$"."""
+    """Replace ${VAR} in string scalars in place; "$$" is a literal "$".
+
+    Records on `doc` where a value came from the environment and what was
+    substituted (see _Document).
+    """
     errors: list[str] = []
+    substituted: list[str] = []
 
     def walk(n: Node, loc: Loc) -> None:
         if isinstance(n, ScalarNode):
@@ -492,6 +511,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                     if m.group(0) == "$$":
                         return "$"
                     name = m.group(1)
+                    doc.from_env.add(loc)
                     if name not in env:
                         line = n.start_mark.line + 1
                         errors.append(
@@ -499,6 +519,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
                             f"environment variable {name} is not set"
                         )
                         return ""
+                    substituted.append(env[name])
                     return env[name]
                 n.value = _ENV_REF.sub(sub, n.value)
         elif isinstance(n, MappingNode):
@@ -516,6 +537,7 @@ def _expand_env(node: Node | None, env: Mapping[str, str], doc: _Document) -> li
 
     if node is not None:
         walk(node, ())
+    doc.env_values = secret_values(substituted)
     return errors
 
 

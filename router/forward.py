@@ -57,7 +57,8 @@ log = logging.getLogger("router.forward")
 # cookies and server identity of the upstream never reach the client.
 PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 IDENTITY_HEADERS = ("Content-Type", "Last-Modified")
-ERROR_EXCERPT = 300
+ERROR_EXCERPT = 300            # characters of an upstream's error body shown, after redaction
+ERROR_READ = 4096              # bytes of it read, so a secret across the cut is seen whole
 MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
 
 
@@ -369,8 +370,9 @@ class Forwarder:
     async def _refused(self, plan: ForwardPlan, target: UpstreamTarget, stats: UpstreamStats,
                        response: UpstreamResponse, started: float) -> Attempt:
         """A status other than 200: "not here" for 404/410, a failure otherwise."""
+        # Redact, then cut: a secret straddling the cut would leave its start behind.
         excerpt = "" if plan.method == "HEAD" else redact(
-            await response.read_text(ERROR_EXCERPT), target.secrets)
+            await response.read_text(ERROR_READ), target.secrets, limit=ERROR_EXCERPT)
         status_line = f"{response.status} {response.reason}".strip()
         suffix = f": {excerpt}" if excerpt else ""
         if response.status in (404, 410):

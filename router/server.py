@@ -1,10 +1,12 @@
 """Running the edge: one process or N workers, graceful stop, hot reload.
 
 - SIGTERM/SIGINT: stop accepting, let in-flight downloads finish (bounded), exit.
-- SIGHUP, or a change of routes.yaml on disk: load and validate the file, then
-  swap the new config in atomically; requests in flight finish on the old
-  one, live stats of unchanged upstreams carry over, and an invalid file is
-  rejected with a logged error while the old config keeps serving.
+- SIGHUP, or a change of routes.yaml on disk that has settled: load and
+  validate the file, then swap the new config in atomically; requests in
+  flight finish on the old one, live stats of unchanged upstreams carry over,
+  and an invalid file, or one that drops a protection the running config has,
+  is rejected with a logged error while the old config keeps serving.
+- SIGUSR1: reload even a config that drops a protection (the operator says so).
 - `--workers N`: N processes share the port (SO_REUSEPORT), each with its
   own event loop, all sharing the disk cache (its writes are atomic renames,
   its sweep spares files another worker is writing). The parent only
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -32,6 +35,7 @@ from router.config import Config, ConfigError
 from router.connections import ConnectionGate, connection_cap, log_limits, raise_open_files_limit
 from router.logs import log_event
 from router.redact import redact
+from router.safety import weakenings
 
 log = logging.getLogger("router.server")
 
@@ -87,36 +91,76 @@ class ServeOptions:
     reuse_port: bool = False
 
 
-def _file_identity(path: str) -> tuple[int, int, int, int] | None:
+FileVersion = tuple[tuple[int, int, int, int], str]    # (dev, inode, size, mtime_ns), sha256
+SETTLE = 1.0       # seconds a changed routes.yaml must stay unchanged before the watcher loads it
+
+
+def _file_version(path: str) -> FileVersion | None:
+    """What the file is now: its identity and a hash of its bytes (None if unreadable)."""
     try:
-        st = os.stat(path)
+        with open(path, "rb") as file:
+            st = os.fstat(file.fileno())
+            data = file.read()
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), hashlib.sha256(data).hexdigest()
 
 
 class Reloader:
-    """Loads routes.yaml again on demand and hands a valid config to the edge."""
+    """Loads routes.yaml again and hands a valid config to the edge, failing closed.
+
+    - The watcher loads a changed file only once it has stayed the same (identity
+      and content) for `settle` seconds over two looks at least: an editor or a
+      deploy tool caught half-way through writing it is waited out, never loaded.
+    - SIGHUP loads the file at once (the operator asked for it).
+    - Either way a config that gives up a protection the running one has (see
+      safety.weakenings: an `allow`, `sumdb: false`, the admin token, a wider
+      network list) is rejected with an ERROR naming each loss, and counted as
+      rejected; only a forced reload (SIGUSR1) applies it.
+    """
 
     def __init__(self, path: str, load: Callable[[str], Config], apply: Callable[[Config], object],
-                 rejected: Callable[[], None] = lambda: None):
+                 rejected: Callable[[], None] = lambda: None, current: Config | None = None,
+                 settle: float = SETTLE, clock: Callable[[], float] = time.monotonic):
         self._path = path
         self._load = load
         self._apply = apply
         self._rejected = rejected      # counts an invalid file (the edge counts ok and error)
+        self._current = current        # the running config, which a reload must not weaken
+        self._settle = settle
+        self._clock = clock
         self._lock = asyncio.Lock()
-        self._seen = _file_identity(path)
+        self._seen = _file_version(path)
 
-    async def reload(self, reason: str) -> bool:
+    async def reload(self, reason: str, force: bool = False,
+                     expect: FileVersion | None = None) -> bool:
+        """Load, check and apply the file; False (and a logged ERROR) when the old config stays.
+
+        `expect`: the version the watcher saw settle; if the file is no longer
+        that when loaded, nothing happens (the watcher sees the new change).
+        """
         async with self._lock:
-            self._seen = _file_identity(self._path)
+            before = _file_version(self._path)
+            if expect is not None and before != expect:
+                return False
             try:
                 config = self._load(self._path)
             except ConfigError as exc:
+                self._seen = before
                 self._rejected()
                 # A bad URL is quoted back in its error, with any user:password@ in it.
                 log_event(log, logging.ERROR, "reload rejected; the old config keeps serving",
                           reason=reason, path=self._path, errors=[redact(e) for e in exc.errors])
+                return False
+            if expect is not None and _file_version(self._path) != expect:
+                return False                      # written again while it loaded: wait for it
+            self._seen = before
+            lost = weakenings(self._current, config) if self._current is not None else []
+            if lost and not force:
+                self._rejected()
+                log_event(log, logging.ERROR, "reload rejected: the new config is weaker; the old "
+                          "config keeps serving (SIGUSR1 applies it anyway)",
+                          reason=reason, path=self._path, lost=lost)
                 return False
             try:
                 await self._apply(config)  # type: ignore[misc]
@@ -125,15 +169,30 @@ class Reloader:
                 log_event(log, logging.ERROR, "reload failed; the old config keeps serving",
                           reason=reason, path=self._path, error=redact(error))
                 return False
+            self._current = config
+            if lost:
+                log_event(log, logging.WARNING, "reloaded a weaker config, as forced",
+                          reason=reason, path=self._path, lost=lost)
             log_event(log, logging.INFO, "reloaded", reason=reason, path=self._path)
             return True
 
     async def watch(self, interval: float) -> None:
-        """Reload when the file's identity (inode, size, mtime) changes."""
+        """Reload a changed file once it has settled (see the class)."""
+        pending: tuple[FileVersion, float] | None = None     # a change, and when it was first seen
         while True:
             await asyncio.sleep(interval)
-            if _file_identity(self._path) not in (self._seen, None):
-                await self.reload("file changed")
+            version = _file_version(self._path)
+            if version is None or version == self._seen:
+                pending = None
+                continue
+            now = self._clock()
+            if pending is None or pending[0] != version:
+                pending = (version, now)          # changed (again): give the writer time
+                continue
+            if now - pending[1] < self._settle:
+                continue
+            pending = None
+            await self.reload("file changed", expect=version)
 
 
 async def serve(config: Config, options: ServeOptions,
@@ -190,9 +249,11 @@ async def serve(config: Config, options: ServeOptions,
                           section="limits.keepalive_timeout")
 
         reloader = Reloader(options.config_path, load, apply,
-                            lambda: edge.metrics.record_reload("rejected"))
+                            lambda: edge.metrics.record_reload("rejected"), current=config)
         loop.add_signal_handler(signal.SIGHUP,
                                 lambda: tasks.append(asyncio.ensure_future(reloader.reload("SIGHUP"))))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: tasks.append(
+            asyncio.ensure_future(reloader.reload("SIGUSR1", force=True))))
         if options.watch_interval > 0:
             tasks.append(asyncio.ensure_future(reloader.watch(options.watch_interval)))
     try:
@@ -217,7 +278,7 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
     def spawn(slot: int) -> None:
         pid = os.fork()
         if pid == 0:                         # the worker
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 signal.signal(sig, signal.SIG_DFL)
             code = 0
             try:
@@ -244,7 +305,7 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, forward)
     for slot in range(workers):
         spawn(slot)
