@@ -297,7 +297,7 @@ def zip_problem(f: BinaryIO, size: int, module: str, version: str) -> str | None
         return f"zip of {size} bytes is over the go command's limit of {MAX_ZIP_FILE}"
     extent = _directory_extent(f, size)
     if isinstance(extent, str):
-        return extent
+        return f"not a readable zip: {extent}"
     entries, cd_size = extent
     if entries > MAX_ZIP_ENTRIES:
         return f"zip declares {entries} entries, over the limit of {MAX_ZIP_ENTRIES}"
