@@ -288,6 +288,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         timeouts=route.timeouts,
         kind=req.kind.value,
         module=req.module,
+        version=req.version,
         expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
         retry=route.retry,
         hedge=route.hedge,

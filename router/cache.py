@@ -116,7 +116,6 @@ import secrets
 import stat
 import threading
 import time
-import zipfile
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
@@ -125,6 +124,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from cachetools import TTLCache
 
+from router.integrity import zip_problem
 from router.logs import log_event
 from router.protocol import ProtocolError, escape_path, escape_version, is_canonical, unescape_version
 
@@ -1028,8 +1028,8 @@ class CacheWriter:
     batches go to disk as soon as a thread is free instead of at ~1 MiB.
     ``await commit(expected_size)``
     writes the rest, checks the body (size; a ``.info`` is JSON whose
-    ``Version`` is the requested one; a ``.zip`` has a readable central
-    directory with every entry under ``<module>@<version>/``), fsyncs, renames
+    ``Version`` is the requested one; a ``.zip`` follows golang.org/x/mod/zip's
+    rules, ``router.integrity.zip_problem``), fsyncs, renames
     into place and fsyncs the directory, then returns the new CacheEntry. On
     any failure the temporary file is removed and CacheError (or
     CacheIntegrityError) is raised; when the disk itself failed (ENOSPC, EIO...)
@@ -1333,16 +1333,13 @@ class CacheWriter:
                 raise CacheIntegrityError(
                     f"{self.key}: .info names version {got!r}, not {self.version!r}")
         elif self.ext == "zip":
-            prefix = f"{self.module}@{self.version}/"
-            try:
-                with os.fdopen(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as zf:
-                    names = zf.namelist()
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-                raise CacheIntegrityError(f"{self.key}: not a readable zip: {e}") from None
-            bad = next((n for n in names if not n.startswith(prefix)), None)
-            if bad is not None:
-                raise CacheIntegrityError(f"{self.key}: zip entry {bad!r} is outside {prefix!r}")
-        # .mod: its syntax is the go command's to judge; size and completeness are checked.
+            # golang.org/x/mod/zip's rules (router/integrity.py): entries under
+            # <module>@<version>/, clean paths, no collisions, the size limits.
+            with os.fdopen(os.dup(fd), "rb") as f:
+                problem = zip_problem(f, size, self.module, self.version)
+            if problem is not None:
+                raise CacheIntegrityError(f"{self.key}: {problem}")
+        # .mod: checked by the forwarder (router/integrity.py) before it gets here.
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

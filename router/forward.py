@@ -30,15 +30,17 @@ from typing import Any
 from aiohttp import web
 
 from router.budget import RetryBudget
-from router.cache import CacheEntry, CacheError, CacheUnavailable, CacheWriter
+from router.cache import CacheEntry, CacheError, CacheIntegrityError, CacheUnavailable, CacheWriter
 from router.config import Hedge, Retry, Timeouts
 from router.integrity import (
+    MAX_ZIP_FILE,
     SMALL_BODY_LIMIT,
     SMALL_KINDS,
+    BodyVerdict,
     ZipTail,
     decode_body,
     is_identity,
-    small_body_problem,
+    judge_small_body,
 )
 from router.logs import log_event
 from router.redact import redact
@@ -59,6 +61,7 @@ PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
 IDENTITY_HEADERS = ("Content-Type", "Last-Modified")
 ERROR_EXCERPT = 300            # characters of an upstream's error body shown, after redaction
 ERROR_READ = 4096              # bytes of it read, so a secret across the cut is seen whole
+CHECK_INLINE = 256 << 10       # small bodies above this are checked in a thread, off the loop
 MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
 
 
@@ -70,6 +73,7 @@ class Outcome(enum.StrEnum):
     CONNECT_ERROR = "connect_error"
     BROKEN = "broken"
     INVALID = "invalid"
+    DOUBTFUL = "doubtful"      # valid, but kept only in case no upstream has better (router/integrity.py)
     CANCELLED = "cancelled"
 
 
@@ -100,6 +104,7 @@ class ForwardPlan:
     timeouts: Timeouts
     kind: str = "sumdb"            # list, info, mod, zip, latest or sumdb
     module: str | None = None
+    version: str | None = None            # of .info/.mod/.zip: a .mod must fit module@version
     expected_version: str | None = None   # a canonical .info must report this Version
     retry: Retry = field(default_factory=Retry)
     hedge: Hedge = field(default_factory=Hedge)
@@ -128,6 +133,18 @@ class Fetched:
     response: UpstreamResponse
     body: bytes | None             # the validated body of a small answer; None: stream it
     headers_at: float = 0.0        # seconds from sending to the response headers
+
+
+@dataclass(slots=True)
+class Doubtful:
+    """A valid small answer that another upstream may better (a go.mod declaring another
+    module path: a fork's, or an upstream answering for the wrong module). Taken only when
+    every other upstream was asked and none failed or did better."""
+
+    fetched: Fetched
+
+
+RunningTasks = dict[asyncio.Task[Fetched | Doubtful | Attempt], _Running]   # attempts in flight
 
 
 class AttemptObserver:
@@ -173,9 +190,10 @@ class Forwarder:
         deadline = plan.started + plan.timeouts.deadline
         order = list(plan.targets)
         tries = {t.name: 0 for t in order}
-        not_here: set[str] = set()        # said 404/410: never asked again
-        running: dict[asyncio.Task[Fetched | Attempt], _Running] = {}
+        not_here: set[str] = set()        # said 404/410, or sent a doubtful answer: never asked again
+        running: RunningTasks = {}
         failures = 0
+        fallback: Fetched | None = None   # the first doubtful answer
         hedged = False
         winner: str | None = None
         try:
@@ -211,22 +229,29 @@ class Forwarder:
                     if isinstance(result, Fetched):
                         winner = attempt_target.name
                         return result
-                    if result.outcome is Outcome.NOT_FOUND:
+                    if isinstance(result, Doubtful):
+                        not_here.add(attempt_target.name)
+                        fallback = fallback or result.fetched
+                    elif result.outcome is Outcome.NOT_FOUND:
                         not_here.add(attempt_target.name)
                     else:
                         failures += 1
+            if fallback is not None and failures == 0 and not running:
+                winner = fallback.target.name
+                plan.notes.append(f"{winner}'s doubtful answer taken: no upstream had better")
+                return fallback
             return None
         finally:
             await self._cancel(plan, running, winner)
 
-    def _launch(self, running: dict[asyncio.Task[Fetched | Attempt], _Running],
+    def _launch(self, running: RunningTasks,
                 tries: dict[str, int], target: UpstreamTarget, plan: ForwardPlan,
                 deadline: float) -> None:
         tries[target.name] += 1
         task = asyncio.ensure_future(self._attempt(target, plan, deadline))
         running[task] = _Running(target, time.monotonic())
 
-    async def _cancel(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Attempt],
+    async def _cancel(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Doubtful | Attempt],
                       _Running], winner: str | None) -> None:
         """Stop attempts still running: a hedge that lost, or the deadline."""
         for task, run in running.items():
@@ -254,7 +279,7 @@ class Forwarder:
             plan.notes.append(f"deadline of {plan.timeouts.deadline:g}s exceeded")
 
     def _candidates(self, order: list[UpstreamTarget], tries: dict[str, int], not_here: set[str],
-                    running: dict[asyncio.Task[Fetched | Attempt], _Running]) -> list[UpstreamTarget]:
+                    running: RunningTasks) -> list[UpstreamTarget]:
         """Upstreams that may be asked next: least tried first, then in ranked order."""
         busy = {run.target.name for run in running.values()}
         eligible = [t for t in order if t.name not in not_here and t.name not in busy]
@@ -302,7 +327,7 @@ class Forwarder:
                           f"{plan.retry.budget_floor:g}/s may be retried or hedged)")
         return False
 
-    def _hedge_due(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Attempt], _Running],
+    def _hedge_due(self, plan: ForwardPlan, running: RunningTasks,
                    order: list[UpstreamTarget], tries: dict[str, int],
                    not_here: set[str]) -> float | None:
         """When (monotonic) a hedge is due, or None when this request must not hedge."""
@@ -322,7 +347,7 @@ class Forwarder:
     # -- one attempt -------------------------------------------------------------
 
     async def _attempt(self, target: UpstreamTarget, plan: ForwardPlan,
-                       deadline: float) -> Fetched | Attempt:
+                       deadline: float) -> Fetched | Doubtful | Attempt:
         """One upstream, up to a good answer (whole and valid for small kinds) or a failure."""
         stats = self._stats(target)
         stats.begin()
@@ -343,7 +368,12 @@ class Forwarder:
                 return await self._refused(plan, target, stats, response, started)
             headers_at = time.monotonic() - started
             if not plan.reads_whole_body:
-                stats.record_success(headers_at)
+                if (plan.kind == "zip" and response.content_length is not None
+                        and response.content_length > MAX_ZIP_FILE):
+                    return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
+                                        f"invalid .zip: {response.content_length} bytes is over "
+                                        f"the go command's limit of {MAX_ZIP_FILE}")
+                stats.record_latency(headers_at)
                 streaming = True            # its outcome is counted once the body is through
                 return Fetched(target, stats, response, None, headers_at)
             try:
@@ -351,13 +381,22 @@ class Forwarder:
             except (AttemptError, AttemptTimeout) as exc:
                 return self._failed(plan, target, stats, Outcome.BROKEN, started, 200, str(exc))
             encoding = response.headers.get("Content-Encoding")
-            problem = small_body_problem(plan.kind, body, encoding, plan.expected_version)
-            if problem is not None:
+            verdict = await _judge(plan, body, encoding)
+            if verdict.problem is not None:
                 return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
-                                    f"invalid {_kind_label(plan.kind)}: {problem}")
+                                    f"invalid {_kind_label(plan.kind)}: {verdict.problem}")
             stats.record_success(headers_at)
+            fetched = Fetched(target, stats, response, decode_body(body, encoding), headers_at)
+            if verdict.doubt is not None:
+                attempt = Attempt(target.name, Outcome.DOUBTFUL, time.monotonic() - started, 200,
+                                  f"doubtful {_kind_label(plan.kind)}: {verdict.doubt}; "
+                                  "asking the other upstreams")
+                plan.attempts.append(attempt)
+                self.observer.attempt(target.name, attempt.outcome.value, headers_at)
+                self._log(plan, attempt, logging.WARNING)
+                return Doubtful(fetched)
             self.observer.attempt(target.name, Outcome.OK.value, headers_at)
-            return Fetched(target, stats, response, decode_body(body, encoding), headers_at)
+            return fetched
         except asyncio.CancelledError:
             stats.record_slow(time.monotonic() - started)   # at least this slow: never faster
             raise
@@ -461,6 +500,7 @@ class Forwarder:
                 if client is not None:
                     await client.finish(b"")
                 plan.attempts.append(Attempt(target.name, Outcome.OK, 0.0, 200, "ok"))
+                stats.record_success(fetched.headers_at, sample=False)
                 self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
                 return None
             # A zip the upstream compressed anyway (despite identity) cannot be checked.
@@ -472,6 +512,9 @@ class Forwarder:
             try:
                 async for chunk in upstream.chunks():
                     received += len(chunk)
+                    if tail is not None and received > MAX_ZIP_FILE:
+                        raise _Invalid(f"invalid .zip: over the go command's limit of "
+                                       f"{MAX_ZIP_FILE} bytes")
                     if cache is not None:
                         try:
                             await cache.write(chunk)
@@ -479,6 +522,7 @@ class Forwarder:
                             cache, dropped = None, True
                     if dropped and (client is None or client.gone):
                         upstream.close()      # nobody wants the rest: stop reading
+                        stats.record_success(fetched.headers_at, sample=False)
                         self._streamed(plan, fetched, started, "ok (not cached, nobody to send it to)")
                         return None
                     if tail is not None:
@@ -495,7 +539,7 @@ class Forwarder:
                     raise AttemptError(f"body ended after {received} of {expected} bytes")
                 problem = tail.problem() if tail is not None else None
                 if problem is not None:
-                    raise AttemptError(f"invalid .zip: {problem}")
+                    raise _Invalid(f"invalid .zip: {problem}")
                 entry = None
                 if cache is not None:
                     try:
@@ -507,11 +551,16 @@ class Forwarder:
                 if cache is not None:
                     cache.abort()
                 aborted = " (the client connection was aborted)" if client and client.started else ""
-                self._failed(plan, target, stats, Outcome.BROKEN, started, 200, f"{exc}{aborted}")
+                # A body that arrived but is not what was asked for is the upstream's fault
+                # as much as a broken one: both count towards its ejection.
+                invalid = isinstance(exc, (_Invalid, CacheIntegrityError))
+                self._failed(plan, target, stats, Outcome.INVALID if invalid else Outcome.BROKEN,
+                             started, 200, f"{exc}{aborted}")
                 if client is not None:
                     client.abort()
                 return None
             upstream.release()
+            stats.record_success(fetched.headers_at, sample=False)
             if client is not None:
                 await client.finish(held)
             self._streamed(plan, fetched, started, "ok (not cached)" if dropped else "ok")
@@ -579,6 +628,18 @@ class ClientSink:
 
     def abort(self) -> None:
         abort_client(self.request)
+
+
+class _Invalid(AttemptError):
+    """A streamed body that arrived but is not a valid answer (a zip over the limits)."""
+
+
+async def _judge(plan: ForwardPlan, body: bytes, encoding: str | None) -> BodyVerdict:
+    """Check a small body; a large one (up to 16 MiB of go.mod to lex) in a thread."""
+    args = (plan.kind, body, encoding, plan.expected_version, plan.module, plan.version)
+    if len(body) <= CHECK_INLINE and is_identity(encoding):
+        return judge_small_body(*args)
+    return await asyncio.to_thread(judge_small_body, *args)
 
 
 def _kind_label(kind: str) -> str:

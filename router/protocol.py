@@ -31,6 +31,7 @@ __all__ = [
     "escape_path",
     "escape_version",
     "is_canonical",
+    "is_semver",
     "parse",
     "sumdb_name_problem",
     "unescape_path",
@@ -84,6 +85,11 @@ def is_canonical(v: str) -> bool:
     ``.info`` can be cached forever.
     """
     return _CANONICAL_RE.fullmatch(v) is not None
+
+
+def is_semver(v: str) -> bool:
+    """semver.IsValid: shorthands (``v1``, ``v1.2``) and build metadata included."""
+    return _SEMVER_RE.fullmatch(v) is not None
 
 
 def _canonical(v: str) -> str | None:

@@ -149,14 +149,30 @@ class UpstreamStats:
     def end(self) -> None:
         self.in_flight = max(self.in_flight - 1, 0)
 
-    def record_success(self, rtt: float, now: float | None = None) -> None:
-        """The upstream answered (200, 404, 410): `rtt` is the time to its headers."""
+    def record_success(self, rtt: float, now: float | None = None, *, sample: bool = True) -> None:
+        """The upstream answered (200, 404, 410): `rtt` is the time to its headers.
+
+        ``sample=False`` when `record_latency` already took the sample at the
+        headers of an answer whose body has now arrived whole and valid.
+        """
         now = time.monotonic() if now is None else now
         self.requests += 1
+        if sample:
+            self.record_latency(rtt, now)
+        self.breaker.record_success(now)
+
+    def record_latency(self, rtt: float, now: float | None = None) -> None:
+        """Headers came after `rtt`, the body is still to come: a latency sample only.
+
+        The outcome is recorded once the body is through (`record_success`
+        with ``sample=False``, or `record_failure`): a streamed answer whose
+        body turns out broken or invalid is a failure, and counts towards
+        ejection like any other, not a success at its headers.
+        """
+        now = time.monotonic() if now is None else now
         self.latency.observe(rtt, now)
         self.recent.append(rtt)
         self.last_sample_at = now
-        self.breaker.record_success(now)
 
     def record_failure(self, elapsed: float, error: str, now: float | None = None) -> None:
         """Timeout, refused, reset, 5xx: a penalty sample, and a step towards ejection."""
