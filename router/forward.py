@@ -46,6 +46,7 @@ from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
     AttemptError,
     AttemptTimeout,
+    PoolTiming,
     UpstreamClient,
     UpstreamResponse,
     UpstreamTarget,
@@ -328,11 +329,17 @@ class Forwarder:
         started = time.monotonic()
         streaming = False
         response: UpstreamResponse | None = None
+        pool = PoolTiming()
         try:
             timeouts = plan.timeouts.model_copy(
                 update={"headers": max(min(plan.timeouts.headers, deadline - started), 0.001)})
             try:
-                response = await self._client.open(target, plan.path, plan.method, timeouts)
+                try:
+                    response = await self._client.open(target, plan.path, plan.method, timeouts,
+                                                       pool)
+                finally:
+                    # A wait for the edge's own pooled connection is not the upstream's time.
+                    started += pool.waited()
             except AttemptTimeout as exc:
                 return self._failed(plan, target, stats, Outcome.TIMEOUT, started, None, str(exc))
             except AttemptError as exc:
