@@ -130,10 +130,15 @@ class RedirectPolicy:
         return Hop(url, tuple(addresses[:MAX_ADDRESSES]), same_origin=False)
 
     async def _addresses(self, host: str, port: int) -> list[str]:
-        """The host's addresses: a literal IP as is (in any spelling getaddrinfo accepts)."""
+        """The host's addresses: a literal IP as is, in any spelling the resolver would take
+        for one too (inet_aton's "127.1", "0x7f.0.0.1", "2130706433")."""
         try:
             return [str(ipaddress.ip_address(host.strip("[]")))]
         except ValueError:
+            pass
+        try:
+            return [str(ipaddress.IPv4Address(socket.inet_aton(host)))]
+        except OSError:
             pass
         try:
             found = await self._resolve(host, port)
