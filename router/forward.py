@@ -56,7 +56,7 @@ log = logging.getLogger("router.forward")
 
 # Headers copied from an upstream answer. An allow-list: hop-by-hop headers,
 # cookies and server identity of the upstream never reach the client.
-PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+PASSED_HEADERS = ("Content-Type", "ETag", "Last-Modified")   # bodies arrive decoded
 IDENTITY_HEADERS = ("Content-Type", "Last-Modified")
 ERROR_EXCERPT = 300
 MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
