@@ -44,7 +44,7 @@ from router.hits import (
 from router.identity import Peer, PeerBook, RequestIds
 from router.logs import Clock, LineSink, direct_sink, log_event
 from router.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from router.metrics import AuthCollector, LiveCollector, Metrics, MetricsObserver
+from router.metrics import AuthCollector, LiveCollector, Metrics, MetricsObserver, MetricsPoolObserver
 from router.probes import Prober, ProbeTarget
 from router.protocol import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from router.routes import AccessDenied, CompiledRoute, RouteTable, make_private
@@ -124,11 +124,12 @@ class Edge:
 
     def __init__(self, config: Config, env: Mapping[str, str] | None = None) -> None:
         self.env = env
-        self.client = UpstreamClient()
+        self.metrics = Metrics()
+        self.client = UpstreamClient(limit_per_host=config.pool.per_upstream,
+                                     observer=MetricsPoolObserver(self.metrics))
         self.registry = StatsRegistry(StatsSettings.from_scoring(config.scoring))
         retry = config.retry
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window)
-        self.metrics = Metrics()
         self.cache = ArtifactCache(config.cache)
         self.state = self._state(config)
         self.metrics.attach(LiveCollector(self.registry, lambda: self.budget, self.cache.info,
@@ -216,7 +217,7 @@ class Edge:
             raise
         old, self.state, self.admin = self.state, new, admin
         self.hits.clear()              # the new routes may send the same paths elsewhere
-        for ignored in ("cache", "listen"):
+        for ignored in ("cache", "listen", "pool"):
             if getattr(old.config, ignored) != getattr(config, ignored):
                 log_event(errors_log, logging.WARNING, "config change needs a restart",
                           section=ignored)

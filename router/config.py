@@ -98,6 +98,24 @@ def _http_url(value: str) -> str:
 HttpURL = Annotated[str, AfterValidator(_http_url)]
 
 
+def _origin(value: Any) -> str:
+    """An origin, scheme://host[:port], for an upstream's `redirects`."""
+    from yarl import URL
+
+    if not isinstance(value, str):
+        raise ValueError("expected an origin such as https://cdn.example")
+    try:
+        url = URL(value.strip())
+    except ValueError:
+        raise ValueError(f"{redact(value)!r} is not an origin such as https://cdn.example") from None
+    if (url.scheme not in ("http", "https") or not url.host or url.user is not None
+            or url.password is not None or url.path not in ("", "/") or url.query_string
+            or url.fragment):
+        raise ValueError(f"{redact(value)!r} is not an origin such as https://cdn.example "
+                         "(scheme and host, maybe a port; no path)")
+    return str(url.origin())
+
+
 def parse_size(value: Any) -> int:
     """Turn "20GB", "512MiB" or a plain byte count into bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -151,6 +169,8 @@ class Upstream(_Strict):
     weight: Annotated[float, Field(gt=0)] = 1.0
     priority: Annotated[int, Field(ge=0, le=9)] = 0
     probe_path: str = "/"          # what active probes fetch; any answer below 500 is "alive"
+    # Other origins this upstream's redirects may lead to (router/redirects.py).
+    redirects: tuple[Annotated[str, BeforeValidator(_origin)], ...] = ()
 
     @field_validator("probe_path")
     @classmethod
@@ -181,6 +201,8 @@ class Upstream(_Strict):
         url = URL(self.url)
         if (url.user or url.password) and any(h.lower() == "authorization" for h in self.headers):
             raise ValueError("credentials in the url and an Authorization header: keep one")
+        if url.scheme == "https" and any(o.startswith("http:") for o in self.redirects):
+            raise ValueError("redirects: an https upstream is never followed to http")
         return self
 
     @field_validator("headers")
@@ -371,6 +393,14 @@ class Cache(_Strict):
     min_free: ByteSize = DEFAULT_CACHE_MIN_FREE
 
 
+class Pool(_Strict):
+    """The edge's own connections to upstreams: at most `per_upstream` open to one upstream
+    host at once; a request beyond that waits (goproxy_upstream_pool_wait_seconds), and
+    that wait is never charged to the upstream. Read at start-up."""
+
+    per_upstream: Annotated[int, Field(ge=1, le=10000)] = 64
+
+
 class Admin(_Strict):
     """Who may see /_router/* and /metrics: these networks, or a bearer of the token."""
 
@@ -412,6 +442,7 @@ class Config(_Strict):
     retry: Retry = Retry()
     hedge: Hedge = Hedge()
     probes: Probes = Probes()
+    pool: Pool = Pool()
     admin: Admin = Admin()
     limits: Limits = Limits()
 

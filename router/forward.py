@@ -48,6 +48,7 @@ from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
     AttemptError,
     AttemptTimeout,
+    PoolTiming,
     UpstreamClient,
     UpstreamResponse,
     UpstreamTarget,
@@ -57,7 +58,7 @@ log = logging.getLogger("router.forward")
 
 # Headers copied from an upstream answer. An allow-list: hop-by-hop headers,
 # cookies and server identity of the upstream never reach the client.
-PASSED_HEADERS = ("Content-Type", "Content-Encoding", "ETag", "Last-Modified")
+PASSED_HEADERS = ("Content-Type", "ETag", "Last-Modified")   # bodies arrive decoded
 IDENTITY_HEADERS = ("Content-Type", "Last-Modified")
 ERROR_EXCERPT = 300            # characters of an upstream's error body shown, after redaction
 ERROR_READ = 4096              # bytes of it read, so a secret across the cut is seen whole
@@ -354,11 +355,17 @@ class Forwarder:
         started = time.monotonic()
         streaming = False
         response: UpstreamResponse | None = None
+        pool = PoolTiming()
         try:
             timeouts = plan.timeouts.model_copy(
                 update={"headers": max(min(plan.timeouts.headers, deadline - started), 0.001)})
             try:
-                response = await self._client.open(target, plan.path, plan.method, timeouts)
+                try:
+                    response = await self._client.open(target, plan.path, plan.method, timeouts,
+                                                       pool)
+                finally:
+                    # A wait for the edge's own pooled connection is not the upstream's time.
+                    started += pool.waited()
             except AttemptTimeout as exc:
                 return self._failed(plan, target, stats, Outcome.TIMEOUT, started, None, str(exc))
             except AttemptError as exc:

@@ -23,6 +23,7 @@ from router.forward import AttemptObserver
 from router.logs import dropped_lines
 from router.stats import BreakerState, StatsRegistry
 from router.throttle import SURFACES, AuthThrottle
+from router.upstream import PoolObserver
 
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 RELOAD_RESULTS = ("ok", "rejected", "error")   # rejected: the file is invalid; error: it
@@ -47,6 +48,16 @@ class Metrics:
             "goproxy_upstream_latency_seconds",
             "Time from sending a request to an upstream to its response headers.",
             ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        # The edge's own queueing, apart from the upstream's latency: a request waiting
+        # for one of the pool's connections (pool.per_upstream) is not the upstream's doing.
+        self.pool_wait = Histogram(
+            "goproxy_upstream_pool_wait_seconds",
+            "Time requests waited for a connection of the edge's own pool to the upstream.",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.pool_queued = Gauge(
+            "goproxy_upstream_pool_queued",
+            "Requests waiting now for a connection of the edge's own pool to the upstream.",
+            ["upstream"], registry=r)
         self.retries = Counter("goproxy_retries", "Attempts made after a failed one.", registry=r)
         self.hedges = Counter("goproxy_hedges", "Hedged requests sent to a second upstream.",
                               registry=r)
@@ -104,6 +115,20 @@ class MetricsObserver(AttemptObserver):
 
     def hedge(self) -> None:
         self._metrics.hedges.inc()
+
+
+class MetricsPoolObserver(PoolObserver):
+    """Feeds waits for pooled connections into the pool metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def queued(self, upstream: str) -> None:
+        self._metrics.pool_queued.labels(upstream).inc()
+
+    def dequeued(self, upstream: str, seconds: float) -> None:
+        self._metrics.pool_queued.labels(upstream).dec()
+        self._metrics.pool_wait.labels(upstream).observe(seconds)
 
 
 class DroppedLogLines(Collector):

@@ -21,7 +21,13 @@ from router.config import Probes, Timeouts
 from router.logs import log_event
 from router.redact import redact
 from router.stats import BreakerState, StatsRegistry, UpstreamStats
-from router.upstream import AttemptError, AttemptTimeout, UpstreamClient, UpstreamTarget
+from router.upstream import (
+    AttemptError,
+    AttemptTimeout,
+    PoolTiming,
+    UpstreamClient,
+    UpstreamTarget,
+)
 
 log = logging.getLogger("router.probes")
 
@@ -88,8 +94,13 @@ class Prober:
     async def probe_once(self, probe: ProbeTarget, stats: UpstreamStats) -> bool:
         """One probe; any answer below 500 means alive. Returns whether it was."""
         started = time.monotonic()
+        pool = PoolTiming()
         try:
-            response = await self._client.open(probe.target, probe.path, "GET", self._timeouts)
+            try:
+                response = await self._client.open(probe.target, probe.path, "GET",
+                                                   self._timeouts, pool)
+            finally:
+                started += pool.waited()      # the edge's own queueing is not the upstream's
         except (AttemptTimeout, AttemptError) as exc:
             self._failed(probe, stats, started, str(exc))
             return False

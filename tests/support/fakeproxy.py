@@ -21,13 +21,15 @@ command, the router) and the fake must run on its own loop in a thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
@@ -62,6 +64,11 @@ class Faults:
     ``retry_after``: with ``status`` (e.g. 429), the Retry-After header value.
     ``corrupt``: replace the body of a 200 answer with these bytes
     (Content-Length follows), e.g. ``b"not json"`` for ``.info``.
+    ``redirect``: answer ``redirect_status`` with this ``Location`` (``{path}`` in it
+    becomes the request's raw path), e.g. a hostile upstream pointing at an internal URL.
+    ``gzip_bomb``: answer a GET with 200, ``Content-Encoding: gzip`` and a body that
+    inflates to this many zero bytes (a whole number of MiB; ~1 KiB sent per MiB),
+    compressed as it is sent: a decompression bomb in bounded memory.
     ``fraction``: apply the faults to only this share of matching requests;
     the choice is a pure function of (``seed``, raw path, how many times
     that path was seen), so a run is reproducible whatever the request order.
@@ -81,6 +88,9 @@ class Faults:
     throttle_gap: float = 0.05
     retry_after: str | int | float | None = None
     corrupt: bytes | None = None
+    redirect: str | None = None
+    redirect_status: int = 302
+    gzip_bomb: int = 0
     fraction: float = 1.0
     seed: int = 0
 
@@ -278,6 +288,12 @@ class FakeProxy:
                        if faults.retry_after is not None else None)
             return self._done(record, _text(faults.status,
                                             f"{self.name}: injected status {faults.status}", headers))
+        if active and faults.redirect is not None:
+            location = faults.redirect.replace("{path}", request.raw_path)
+            return self._done(record, web.Response(status=faults.redirect_status,
+                                                   headers={"Location": location}))
+        if active and faults.gzip_bomb and request.method == "GET":
+            return await self._bomb(request, record, faults.gzip_bomb)
         if request.method not in ("GET", "HEAD"):
             return self._done(record, _text(405, f"{self.name}: method not allowed"))
         answer = self.tree.respond(request.path)
@@ -336,6 +352,44 @@ class FakeProxy:
         await resp.write_eof()
         record._end(completed=True)
         return resp
+
+
+    async def _bomb(self, request: web.Request, record: RequestRecord,
+                    size: int) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={
+            "Content-Type": "application/octet-stream", "Content-Encoding": "gzip"})
+        await resp.prepare(request)
+        try:
+            for piece in gzip_zeros(size):
+                await resp.write(piece)
+            await resp.write_eof()
+        except (ConnectionError, RuntimeError):          # the reader gave up, as it should
+            return _drop(request, resp)
+        record._end(completed=True)
+        return resp
+
+
+_MIB = 1 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _zero_mib_deflated() -> bytes:
+    """Raw deflate of 1 MiB of zeros ended by a full flush: the compressor starts afresh
+    after it, so the stream of N MiB of zeros is this block N times."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(bytes(_MIB)) + c.flush(zlib.Z_FULL_FLUSH)
+
+
+def gzip_zeros(size: int) -> Iterator[bytes]:
+    """A gzip stream of ``size`` zero bytes (a whole number of MiB), piece by piece."""
+    if size <= 0 or size % _MIB:
+        raise ValueError("gzip_zeros takes a positive whole number of MiB")
+    yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"          # gzip header, no name
+    block, zeros, crc = _zero_mib_deflated(), bytes(_MIB), 0
+    for _ in range(size // _MIB):
+        yield block
+        crc = zlib.crc32(zeros, crc)
+    yield b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)  # final empty block
 
 
 def _cut(body: bytes, keep: bool | int) -> int:
