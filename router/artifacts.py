@@ -61,7 +61,6 @@ from router.forward import (
     failure_response,
     text_response,
 )
-from router.integrity import is_identity
 from router.logs import log_event
 from router.protocol import ModuleRequest
 
@@ -201,12 +200,6 @@ class ArtifactCache:
         fetched = await forwarder.fetch(plan)
         if fetched is None:
             return self._failed(plan)
-        if fetched.body is None and not is_identity(fetched.response.headers.get("Content-Encoding")):
-            # A compressed zip despite Accept-Encoding: identity: pass it through, keep nothing.
-            # The first requester gets it as sent; anyone coalesced onto it is asked to retry.
-            await forwarder.pump(plan, fetched, sink, None, forwarder.answer_headers(plan, fetched))
-            return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent a "
-                                "compressed zip, which is passed through but not cached; try again\n")
         headers = forwarder.answer_headers(plan, fetched)
         writer = self._writer(plan, fetched, module, version, ext)
         try:

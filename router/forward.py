@@ -38,8 +38,6 @@ from router.integrity import (
     SMALL_KINDS,
     BodyVerdict,
     ZipTail,
-    decode_body,
-    is_identity,
     judge_small_body,
 )
 from router.logs import log_event
@@ -387,13 +385,12 @@ class Forwarder:
                 body = await response.read_all(SMALL_BODY_LIMIT)
             except (AttemptError, AttemptTimeout) as exc:
                 return self._failed(plan, target, stats, Outcome.BROKEN, started, 200, str(exc))
-            encoding = response.headers.get("Content-Encoding")
-            verdict = await _judge(plan, body, encoding)
+            verdict = await _judge(plan, body)
             if verdict.problem is not None:
                 return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
                                     f"invalid {_kind_label(plan.kind)}: {verdict.problem}")
             stats.record_success(headers_at)
-            fetched = Fetched(target, stats, response, decode_body(body, encoding), headers_at)
+            fetched = Fetched(target, stats, response, body, headers_at)
             if verdict.doubt is not None:
                 attempt = Attempt(target.name, Outcome.DOUBTFUL, time.monotonic() - started, 200,
                                   f"doubtful {_kind_label(plan.kind)}: {verdict.doubt}; "
@@ -510,9 +507,7 @@ class Forwarder:
                 stats.record_success(fetched.headers_at, sample=False)
                 self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
                 return None
-            # A zip the upstream compressed anyway (despite identity) cannot be checked.
-            checkable = is_identity(upstream.headers.get("Content-Encoding"))
-            tail = ZipTail() if plan.kind == "zip" and checkable else None
+            tail = ZipTail() if plan.kind == "zip" else None
             received = 0
             held = b""
             dropped = False                   # the cache gave up on this body
@@ -641,10 +636,10 @@ class _Invalid(AttemptError):
     """A streamed body that arrived but is not a valid answer (a zip over the limits)."""
 
 
-async def _judge(plan: ForwardPlan, body: bytes, encoding: str | None) -> BodyVerdict:
+async def _judge(plan: ForwardPlan, body: bytes) -> BodyVerdict:
     """Check a small body; a large one (up to 16 MiB of go.mod to lex) in a thread."""
-    args = (plan.kind, body, encoding, plan.expected_version, plan.module, plan.version)
-    if len(body) <= CHECK_INLINE and is_identity(encoding):
+    args = (plan.kind, body, plan.expected_version, plan.module, plan.version)
+    if len(body) <= CHECK_INLINE:
         return judge_small_body(*args)
     return await asyncio.to_thread(judge_small_body, *args)
 

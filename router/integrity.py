@@ -19,7 +19,6 @@ files than a zip holds without zip64 records is a bomb, not a module).
 
 from __future__ import annotations
 
-import gzip
 import json
 import posixpath
 import struct
@@ -46,30 +45,6 @@ MAX_ZIP_ENTRIES = 0xFFFF
 MAX_CENTRAL_DIRECTORY = 64 << 20       # read whole to check the entries: bounded
 
 
-def is_identity(content_encoding: str | None) -> bool:
-    return (content_encoding or "identity").strip().lower() == "identity"
-
-
-def decode_body(body: bytes, content_encoding: str | None) -> bytes:
-    """The identity bytes of a small answer (an upstream may ignore Accept-Encoding: identity).
-
-    Raises ValueError when the body does not decode.
-    """
-    try:
-        return _decoded(body, content_encoding)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{content_encoding} body does not decode") from exc
-
-
-def _decoded(body: bytes, content_encoding: str | None) -> bytes:
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding == "gzip":
-        return gzip.decompress(body)
-    if encoding == "deflate":
-        return zlib.decompress(body)
-    return body
-
-
 @dataclass(frozen=True, slots=True)
 class BodyVerdict:
     """What the checks made of a small answer."""
@@ -78,20 +53,18 @@ class BodyVerdict:
     doubt: str | None = None        # valid, but another upstream may have the better one
 
 
-def judge_small_body(kind: str, body: bytes, content_encoding: str | None,
-                     expected_version: str | None, module: str | None = None,
-                     version: str | None = None) -> BodyVerdict:
+def judge_small_body(kind: str, data: bytes, expected_version: str | None,
+                     module: str | None = None, version: str | None = None) -> BodyVerdict:
     """Check a list/.info/.mod/@latest body for `module` (and, for .mod, `version`).
+
+    The body is as the upstream meant it: one it compressed anyway was decoded
+    as it arrived (router/decoding.py).
 
     A .mod declaring another module path with a fitting major version is
     valid (a fork's go.mod, taken through ``replace``) but doubtful: it may
     also be an upstream answering for the wrong module, so the forwarder
     prefers an upstream whose go.mod declares the path asked for.
     """
-    try:
-        data = decode_body(body, content_encoding)
-    except ValueError as exc:
-        return BodyVerdict(str(exc))
     if kind in ("info", "latest"):
         try:
             info = json.loads(data)
@@ -116,12 +89,10 @@ def judge_small_body(kind: str, body: bytes, content_encoding: str | None,
     return BodyVerdict()
 
 
-def small_body_problem(kind: str, body: bytes, content_encoding: str | None,
-                       expected_version: str | None, module: str | None = None,
-                       version: str | None = None) -> str | None:
+def small_body_problem(kind: str, body: bytes, expected_version: str | None,
+                       module: str | None = None, version: str | None = None) -> str | None:
     """Why a list/.info/.mod/@latest body is not a valid answer, or None if it is."""
-    return judge_small_body(kind, body, content_encoding, expected_version, module,
-                            version).problem
+    return judge_small_body(kind, body, expected_version, module, version).problem
 
 
 def list_problem(data: bytes) -> str | None:

@@ -239,7 +239,7 @@ def _go_helper(factory: pytest.TempPathFactory) -> Path:
 ])
 def test_list_must_be_version_lines(body: bytes, ok: bool) -> None:
     assert (list_problem(body) is None) is ok
-    assert (small_body_problem("list", body, None, None) is None) is ok
+    assert (small_body_problem("list", body, None) is None) is ok
 
 
 # -- zips ------------------------------------------------------------------------------------
