@@ -19,13 +19,12 @@ import re
 import secrets
 import shutil
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,7 @@ from router.app import EDGE
 from router.logs import JsonFormatter
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
-from tests.support.http import MakeEdge, MakeFake, raw_get
+from tests.support.http import MakeEdge, MakeFake, raw_get, threaded_http_server
 from tests.support.mmdb import write_country_db
 from tests.test_status_page import require_browser
 
@@ -465,17 +464,8 @@ class EchoHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def echo_upstream() -> Iterator[str]:
     """http://127.0.0.1:PORT of an EchoHandler server on a thread."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with threaded_http_server(EchoHandler) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @dataclass

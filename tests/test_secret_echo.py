@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from router.forward import ERROR_EXCERPT
 from tests.conftest import RouterProcess
+from tests.support.http import threaded_http_server
 from tests.test_config import run_cli
 
 PASSWORD = "pässwörd-4f0c9e2a7b31d5"             # non-ASCII: several bytes per character
@@ -51,17 +51,8 @@ class ErrorEcho(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def error_echo() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ErrorEcho)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with threaded_http_server(ErrorEcho) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def test_a_secret_across_the_error_excerpts_cut_leaks_no_prefix(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -34,3 +37,20 @@ async def raw_get(client: TestClient, path: str) -> tuple[int, dict[str, str], s
     status_line, *header_lines = head.split("\r\n")
     headers = dict(line.split(": ", 1) for line in header_lines)
     return int(status_line.split()[1]), headers, body
+
+
+@contextmanager
+def threaded_http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A plain http.server on 127.0.0.1 in a thread, for upstreams that must answer byte
+    for byte; yields its port and stops it (bounded) afterwards."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
