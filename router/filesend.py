@@ -148,7 +148,7 @@ class SendfileResponse(web.FileResponse):
         sock = transport.get_extra_info("socket")
         writer = await StreamResponse.prepare(self, request)   # status line and headers
         assert writer is not None
-        if writer.chunked or writer_compresses(writer):
+        if getattr(writer, "chunked", False) or writer_compresses(writer):
             stats.fallbacks += 1                # not raw bytes on the wire: aiohttp's way
             return await self._sendfile_fallback(writer, fobj, offset, count)
         stats.responses += 1

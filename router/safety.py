@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 
 from yarl import URL
 
-from router.config import Allow, Config, LoadedConfig, Route
+from router.config import Allow, Config, LoadedConfig, Loc, Route
 from router.patterns import match_prefix_patterns
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,9 +145,9 @@ def _literal_secrets(loaded: LoadedConfig, path: str | os.PathLike[str]) -> list
     found = []
     for name, upstream in loaded.config.upstreams.items():
         for header in upstream.headers:
-            loc = ("upstreams", name, "headers", header)
-            if loc not in loaded.document.from_env:
-                found.append(loaded.error(loc, "warning: a literal credential in a world-readable "
+            header_loc: Loc = ("upstreams", name, "headers", header)
+            if header_loc not in loaded.document.from_env:
+                found.append(loaded.error(header_loc, "warning: a literal credential in a world-readable "
                                                "file: use ${VAR}, or chmod o-r"))
         url = URL(upstream.url)
         loc = ("upstreams", name, "url")

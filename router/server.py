@@ -318,9 +318,9 @@ def run_workers(workers: int, start_worker: Callable[[], None]) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None:
+        if pid not in children:
             continue
+        slot = children.pop(pid)
         code = os.waitstatus_to_exitcode(wait_status)
         if code == EXIT_STARTUP and not stopping:     # it said why; a restart would fail alike
             status = 1
