@@ -280,7 +280,7 @@ def direct_sink(logger: logging.Logger, level: int) -> LineSink | None:
     while node is not None and node is not logger.root:
         if node.handlers or node.filters or not node.propagate:
             return None
-        node = node.parent                  # type: ignore[assignment]
+        node = node.parent
     handlers = logger.root.handlers
     if len(handlers) != 1 or logger.root.filters:
         return None
