@@ -12,14 +12,18 @@ Three parts, each usable alone:
   bounded ring per upstream (120 x 5 s = 10 minutes), so the page can draw
   trends and compute shares and error rates over a window rather than since
   start-up. `sample()` can be called directly (tests pass fake times).
-- `build_snapshot()` turns the live state into plain, JSON-ready numbers.
-  It is the only place that reads `EdgeState`, and it is where secrets are
+- `build_snapshot()` turns the live state into a `Snapshot` (TypedDicts of
+  plain, JSON-ready numbers). It is the only place that reads `EdgeState`, and it is where secrets are
   kept out: upstream URLs lose their userinfo, and every string that can
   carry upstream text (`last_error`) is cut short and scrubbed of header
   values, tokens and credentials. Upstream `headers` are never read except
   to know which values to scrub.
-- `render_status()` turns a snapshot into HTML; every string goes through
-  `html.escape`, so a hostile upstream's error text renders as text.
+- `render_status()` turns a snapshot into HTML from the templates in
+  `router/status_page/` (package data, read once at import: `page.html`,
+  `fragments.html`, `style.css`, `app.js`). Values are substituted by
+  `string.Template` in one function, `_render`, which `html.escape`s every
+  value that is not a fragment it rendered itself, so a hostile upstream's
+  error text renders as text.
 
 How the page refreshes itself, and why this way: a small inline script
 fetches the page's own URL every 5 s and swaps the freshly rendered
@@ -51,11 +55,14 @@ import hashlib
 import html
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from string import Template
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from aiohttp import web
 from yarl import URL
@@ -67,6 +74,7 @@ from router.upstream import config_secrets
 
 if TYPE_CHECKING:
     from router.app import EdgeState
+    from router.scoring import Candidate
 
 log = logging.getLogger("router.status")
 
@@ -75,7 +83,6 @@ STATUS_JSON_PATH = "/_router/status.json"
 REFRESH_SECONDS = 5             # the script's refresh period
 FALLBACK_REFRESH_SECONDS = 10   # the <noscript> meta refresh
 LAST_ERROR_MAX = 160            # characters of an upstream error shown
-CACHE_KEYS = ("size_bytes", "max_size_bytes", "hits", "misses", "stale", "evictions")
 
 
 # -- history -------------------------------------------------------------------
@@ -186,6 +193,79 @@ def public_url(url: str, secrets: Iterable[str] = ()) -> str:
 
 
 # -- snapshot --------------------------------------------------------------------
+# TypedDicts, not dataclasses: the snapshot is served as JSON as it is.
+
+class HistoryPoint(TypedDict):
+    t: float                # epoch seconds
+    ewma_ms: float
+    requests: int           # cumulative
+    failures: int
+    breaker: str
+
+
+class LastErrorView(TypedDict):
+    message: str            # redacted and cut to LAST_ERROR_MAX
+    age_s: float | None
+
+
+class UpstreamView(TypedDict):
+    name: str
+    url: str                # without credentials, query or fragment
+    countries: list[str]
+    weight: float
+    priority: int
+    breaker: str            # a BreakerState value
+    ejected_for_s: float
+    times_ejected: int
+    ewma_ms: float
+    in_flight: int
+    requests: int           # since start-up
+    failures: int
+    window_requests: int    # over the history window
+    window_failures: int
+    last_error: LastErrorView | None
+    history: list[HistoryPoint]
+    request_share: float    # of the route's requests, on the route's basis
+    error_rate: float | None
+    health: str             # "ok", "degraded" or "down"
+
+
+class RouteView(TypedDict):
+    name: str
+    patterns: list[str]
+    basis: str              # "window" or "total": what share and error rate count
+    window_s: float
+    requests: int
+    upstreams: list[UpstreamView]
+
+
+class CacheView(TypedDict):
+    size_bytes: int | None
+    max_size_bytes: int | None
+    hits: int | None
+    misses: int | None
+    stale: int | None
+    evictions: int | None
+    hit_ratio: float | None
+
+
+class BudgetView(TypedDict):
+    spent: int
+    refused: int
+
+
+class Snapshot(TypedDict):
+    generated_at: str       # ISO 8601, UTC
+    generated_t: float      # epoch seconds
+    version: str
+    uptime_s: float
+    interval_s: float
+    history_s: float
+    refresh_s: int
+    budget: BudgetView
+    cache: CacheView | None
+    routes: list[RouteView]
+
 
 def _window(points: list[tuple[int, int]]) -> tuple[int, int]:
     """(requests, failures) added over consecutive cumulative points.
@@ -212,17 +292,56 @@ def _health(breaker: str, error_rate: float | None) -> str:
     return "ok"
 
 
-def _cache_view(cache: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _cache_view(cache: Mapping[str, Any] | None) -> CacheView | None:
     if cache is None:
         return None
-    view: dict[str, Any] = {key: cache.get(key) for key in CACHE_KEYS}
-    hits, misses = int(view["hits"] or 0), int(view["misses"] or 0)
-    view["hit_ratio"] = hits / (hits + misses) if hits + misses else None
-    return view
+    hits, misses = int(cache.get("hits") or 0), int(cache.get("misses") or 0)
+    return CacheView(
+        size_bytes=cache.get("size_bytes"), max_size_bytes=cache.get("max_size_bytes"),
+        hits=cache.get("hits"), misses=cache.get("misses"), stale=cache.get("stale"),
+        evictions=cache.get("evictions"), hit_ratio=hits / (hits + misses) if hits + misses else None)
+
+
+def _upstream_view(c: Candidate, history: StatusHistory, now: float,
+                   secrets: tuple[str, ...]) -> tuple[UpstreamView, float | None]:
+    """One upstream's row without its share of the route (filled in by the caller),
+    and the time of its oldest sample."""
+    stats = c.stats
+    series = history.series(c.name)
+    points = [(s.requests, s.failures) for s in series]
+    points.append((stats.requests, stats.failures))
+    w_requests, w_failures = _window(points)
+    breaker = stats.breaker.state(now)
+    last_error = None
+    if stats.last_error:
+        last_error = LastErrorView(
+            message=redact(stats.last_error, secrets, limit=LAST_ERROR_MAX),
+            age_s=(_round(max(now - stats.last_error_at, 0.0))
+                   if stats.last_error_at is not None else None))
+    row = UpstreamView(
+        name=c.name,
+        url=public_url(c.config.url, secrets),
+        countries=list(c.config.countries),
+        weight=c.config.weight,
+        priority=c.config.priority,
+        breaker=str(breaker),
+        ejected_for_s=_round(stats.breaker.remaining(now)) if breaker is BreakerState.OPEN else 0.0,
+        times_ejected=stats.breaker.times_ejected,
+        ewma_ms=_round(stats.latency.value * 1000.0),
+        in_flight=stats.in_flight,
+        requests=stats.requests,
+        failures=stats.failures,
+        window_requests=w_requests,
+        window_failures=w_failures,
+        last_error=last_error,
+        history=[HistoryPoint(t=_round(s.t, 3), ewma_ms=_round(s.ewma_ms), requests=s.requests,
+                              failures=s.failures, breaker=s.breaker) for s in series],
+        request_share=0.0, error_rate=None, health="ok")
+    return row, (series[0].t if series else None)
 
 
 def build_snapshot(state: EdgeState, history: StatusHistory,
-                   cache: Mapping[str, Any] | None, now: float | None = None) -> dict[str, Any]:
+                   cache: Mapping[str, Any] | None, now: float | None = None) -> Snapshot:
     """Everything the page shows, as JSON-ready data; `now` is on the stats' clock.
 
     Request share and error rate are over the history window (the deltas of
@@ -234,86 +353,97 @@ def build_snapshot(state: EdgeState, history: StatusHistory,
     now = time.monotonic() if now is None else now
     wall = _wall(now)
     secrets = secret_values(state)
-    routes: list[dict[str, Any]] = []
+    routes: list[RouteView] = []
     for route in state.routes.routes:
-        rows: list[dict[str, Any]] = []
-        window_requests = 0
+        rows: list[UpstreamView] = []
         oldest = wall
         for c in state.candidates.get(route.name, ()):
-            stats = c.stats
-            series = history.series(c.name)
-            if series:
-                oldest = min(oldest, series[0].t)
-            points = [(s.requests, s.failures) for s in series]
-            points.append((stats.requests, stats.failures))
-            w_requests, w_failures = _window(points)
-            window_requests += w_requests
-            breaker = stats.breaker.state(now)
-            last_error = None
-            if stats.last_error:
-                last_error = {
-                    "message": redact(stats.last_error, secrets, limit=LAST_ERROR_MAX),
-                    "age_s": (_round(max(now - stats.last_error_at, 0.0))
-                              if stats.last_error_at is not None else None),
-                }
-            rows.append({
-                "name": c.name,
-                "url": public_url(c.config.url, secrets),
-                "countries": list(c.config.countries),
-                "weight": c.config.weight,
-                "priority": c.config.priority,
-                "breaker": str(breaker),
-                "ejected_for_s": _round(stats.breaker.remaining(now)) if breaker is BreakerState.OPEN
-                else 0.0,
-                "times_ejected": stats.breaker.times_ejected,
-                "ewma_ms": _round(stats.latency.value * 1000.0),
-                "in_flight": stats.in_flight,
-                "requests": stats.requests,
-                "failures": stats.failures,
-                "window_requests": w_requests,
-                "window_failures": w_failures,
-                "last_error": last_error,
-                "history": [{"t": _round(s.t, 3), "ewma_ms": _round(s.ewma_ms),
-                             "requests": s.requests, "failures": s.failures, "breaker": s.breaker}
-                            for s in series],
-            })
-        basis = "window" if window_requests else "total"
-        key_r, key_f = ("window_requests", "window_failures") if basis == "window" else (
-            "requests", "failures")
-        total = sum(row[key_r] for row in rows)
+            row, first = _upstream_view(c, history, now, secrets)
+            rows.append(row)
+            if first is not None:
+                oldest = min(oldest, first)
+        basis = "window" if sum(row["window_requests"] for row in rows) else "total"
+
+        def counts(row: UpstreamView, basis: str = basis) -> tuple[int, int]:
+            if basis == "window":
+                return row["window_requests"], row["window_failures"]
+            return row["requests"], row["failures"]
+
+        total = sum(counts(row)[0] for row in rows)
         for row in rows:
-            requests, failures = row[key_r], row[key_f]
+            requests, failures = counts(row)
             row["request_share"] = requests / total if total else 0.0
             row["error_rate"] = failures / requests if requests else None
             row["health"] = _health(row["breaker"], row["error_rate"])
-        routes.append({
-            "name": route.name,
-            "patterns": list(route.config.match),
-            "basis": basis,
-            "window_s": _round(max(wall - oldest, 0.0)),
-            "requests": total,
-            "upstreams": rows,
-        })
+        routes.append(RouteView(
+            name=route.name, patterns=list(route.config.match), basis=basis,
+            window_s=_round(max(wall - oldest, 0.0)), requests=total, upstreams=rows))
     budget = state.forwarder.budget
-    return {
-        "generated_at": dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds"),
-        "generated_t": _round(wall, 3),
-        "version": router.__version__,
-        "uptime_s": _round(max(now - history.started, 0.0)),
-        "interval_s": history.interval,
-        "history_s": history.interval * history.keep,
-        "refresh_s": REFRESH_SECONDS,
-        "budget": {"spent": budget.spent, "refused": budget.refused},
-        "cache": _cache_view(cache),
-        "routes": routes,
-    }
+    return Snapshot(
+        generated_at=dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds"),
+        generated_t=_round(wall, 3),
+        version=router.__version__,
+        uptime_s=_round(max(now - history.started, 0.0)),
+        interval_s=history.interval,
+        history_s=history.interval * history.keep,
+        refresh_s=REFRESH_SECONDS,
+        budget=BudgetView(spent=budget.spent, refused=budget.refused),
+        cache=_cache_view(cache),
+        routes=routes,
+    )
 
 
-# -- rendering -------------------------------------------------------------------
+# -- templates -------------------------------------------------------------------
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+class Markup(str):
+    """Text that is HTML already (a rendered fragment): `_render` inserts it as is."""
 
+
+def _render(template: Template, /, **values: object) -> Markup:
+    """`template` with every value substituted; the one place where escaping happens.
+
+    Each value is `html.escape`d (quotes too, so attribute values are safe)
+    unless it is `Markup`, i.e. a fragment that went through here already.
+    A placeholder left without a value is a KeyError, not a silently empty spot.
+    """
+    return Markup(template.substitute(
+        {name: value if isinstance(value, Markup) else html.escape(str(value), quote=True)
+         for name, value in values.items()}))
+
+
+_FRAGMENT_MARK = re.compile(r"^<!-- fragment: (\w+) -->$", re.MULTILINE)
+
+
+def _one_line(text: str) -> str:
+    """A template written over indented lines, as the one line it renders to."""
+    return "".join(line.strip() for line in text.splitlines())
+
+
+def _load_fragments(text: str) -> dict[str, Template]:
+    """`fragments.html` split at its `<!-- fragment: NAME -->` lines (before the first: a comment)."""
+    parts = _FRAGMENT_MARK.split(text)
+    return {name: Template(_one_line(body)) for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+_FILES = resources.files(router) / "status_page"
+_PAGE = Template(_one_line((_FILES / "page.html").read_text(encoding="utf-8")))
+_FRAGMENTS = _load_fragments((_FILES / "fragments.html").read_text(encoding="utf-8"))
+_CSS = Markup((_FILES / "style.css").read_text(encoding="utf-8").strip())
+# The script is fixed at load time, so the page's CSP can allow exactly it, by hash.
+# `$refresh_s` is its one placeholder (a literal `$` in app.js would be `$$`).
+_JS = Markup(Template((_FILES / "app.js").read_text(encoding="utf-8").strip())
+             .substitute(refresh_s=REFRESH_SECONDS))
+
+
+def _fragment(fragment: str, /, **values: object) -> Markup:
+    return _render(_FRAGMENTS[fragment], **values)
+
+
+def _join(fragments: Iterable[Markup], sep: str = "") -> Markup:
+    return Markup(sep.join(fragments))
+
+
+# -- formatting ------------------------------------------------------------------
 
 def _bytes(n: float | None) -> str:
     if n is None:
@@ -370,7 +500,9 @@ HEALTH_LABELS = {"ok": "healthy", "degraded": "degraded", "down": "down"}
 SPARK_W, SPARK_H = 168, 34
 
 
-def _sparkline(row: Mapping[str, Any], t_end: float, span: float) -> str:
+# -- rendering -------------------------------------------------------------------
+
+def _sparkline(row: UpstreamView, t_end: float, span: float) -> Markup:
     """EWMA latency over the history window as an inline SVG; open-breaker spells shaded."""
     points = [(p["t"], p["ewma_ms"], p.get("breaker", "closed")) for p in row["history"]]
     points.append((t_end, row["ewma_ms"], row["breaker"]))
@@ -384,269 +516,110 @@ def _sparkline(row: Mapping[str, Any], t_end: float, span: float) -> str:
     def y(v: float) -> float:
         return SPARK_H - 2 - (SPARK_H - 4) * (v / peak)
 
-    shade = []
-    for (t0, _, b0), (t1, _, _) in zip(points, points[1:], strict=False):
-        if b0 == "open":
-            shade.append(f'<rect x="{x(t0):.1f}" y="0" width="{max(x(t1) - x(t0), 1.5):.1f}" '
-                         f'height="{SPARK_H}" class="sp-open"/>')
+    shade = [_fragment("sparkline_open", x=f"{x(t0):.1f}", width=f"{max(x(t1) - x(t0), 1.5):.1f}",
+                       height=SPARK_H)
+             for (t0, _, b0), (t1, _, _) in zip(points, points[1:], strict=False) if b0 == "open"]
     if points[-1][2] == "open":
-        shade.append(f'<rect x="{x(points[-1][0]) - 1.5:.1f}" y="0" width="1.5" height="{SPARK_H}" '
-                     'class="sp-open"/>')
+        shade.append(_fragment("sparkline_open", x=f"{x(points[-1][0]) - 1.5:.1f}", width="1.5",
+                               height=SPARK_H))
     coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v, _ in points)
-    first_x = x(points[0][0])
-    area = f"{first_x:.1f},{SPARK_H} {coords} {x(points[-1][0]):.1f},{SPARK_H}"
-    last_x, last_y = x(points[-1][0]), y(points[-1][1])
+    area = f"{x(points[0][0]):.1f},{SPARK_H} {coords} {x(points[-1][0]):.1f},{SPARK_H}"
     title = (f"EWMA latency, last {_span(span)}: now {_ms(row['ewma_ms'])}, "
              f"min {_ms(low)}, max {_ms(max(p[1] for p in points))}")
-    return (f'<svg class="spark" width="{SPARK_W}" height="{SPARK_H}" '
-            f'viewBox="0 0 {SPARK_W} {SPARK_H}" role="img" aria-label="{_e(title)}">'
-            f"<title>{_e(title)}</title>"
-            f'<line x1="0" y1="{SPARK_H - 1}" x2="{SPARK_W}" y2="{SPARK_H - 1}" class="sp-base"/>'
-            + "".join(shade)
-            + f'<polygon points="{area}" class="sp-area {_latency_class(row["ewma_ms"])}"/>'
-            f'<polyline points="{coords}" class="sp-line {_latency_class(row["ewma_ms"])}"/>'
-            f'<circle cx="{last_x:.1f}" cy="{last_y:.1f}" r="2.5" '
-            f'class="sp-dot {_latency_class(row["ewma_ms"])}"/></svg>')
+    return _fragment(
+        "sparkline", width=SPARK_W, height=SPARK_H, title=title, base_y=SPARK_H - 1,
+        shade=_join(shade), area=area, coords=coords, latency_class=_latency_class(row["ewma_ms"]),
+        last_x=f"{x(points[-1][0]):.1f}", last_y=f"{y(points[-1][1]):.1f}")
 
 
-def _tuning(row: Mapping[str, Any]) -> str:
+def _tuning(row: UpstreamView) -> str:
     """Weight and priority, when not the defaults."""
     parts = [f"weight {row['weight']:g}" if row["weight"] != 1 else "",
              f"priority {row['priority']}" if row["priority"] else ""]
     return "".join(f" \u00b7 {p}" for p in parts if p)
 
 
-def _upstream_row(row: Mapping[str, Any], t_end: float, span: float) -> str:
+def _upstream_row(row: UpstreamView, t_end: float, span: float) -> Markup:
     breaker = row["breaker"]
-    breaker_text = BREAKER_LABELS.get(breaker, breaker)
     if breaker == "open" and row["ejected_for_s"]:
-        breaker_detail = f'<span class="sub">back in {_e(_duration(row["ejected_for_s"]))}</span>'
+        breaker_detail = _fragment("breaker_back_in", duration=_duration(row["ejected_for_s"]))
     elif row["times_ejected"]:
-        breaker_detail = f'<span class="sub">ejected {_e(row["times_ejected"])}\u00d7</span>'
+        breaker_detail = _fragment("breaker_ejected", times=row["times_ejected"])
     else:
-        breaker_detail = ""
-    countries = ", ".join(row["countries"])
+        breaker_detail = Markup()
     error = row["last_error"]
-    if error:
-        age = f' <span class="sub">{_e(_duration(error["age_s"]))} ago</span>' \
-            if error["age_s"] is not None else ""
-        error_html = f'<span class="err" title="{_e(error["message"])}">{_e(error["message"])}</span>{age}'
+    if not error:
+        last_error = _fragment("no_error")
+    elif error["age_s"] is None:
+        last_error = _fragment("last_error", message=error["message"])
     else:
-        error_html = '<span class="muted">none</span>'
-    share = row["request_share"]
-    err_rate = row["error_rate"]
-    return (
-        f'<tr class="up health-{_e(row["health"])}" data-upstream="{_e(row["name"])}">'
-        f'<td class="name"><div class="who"><span class="dot {_e(row["health"])}" '
-        f'title="{_e(HEALTH_LABELS.get(row["health"], row["health"]))}"></span>'
-        f'<div><strong>{_e(row["name"])}</strong>'
-        f'<span class="sub url">{_e(row["url"])}</span>'
-        f'<span class="sub">countries {_e(countries)}{_e(_tuning(row))}</span></div></div></td>'
-        f'<td><span class="health {_e(row["health"])}">'
-        f'{_e(HEALTH_LABELS.get(row["health"], row["health"]))}</span></td>'
-        f'<td><span class="badge b-{_e(breaker)}" data-breaker="{_e(breaker)}">{_e(breaker_text)}</span>'
-        f"{breaker_detail}</td>"
-        f'<td class="lat"><span class="num {_latency_class(row["ewma_ms"])}" data-ewma-ms="'
-        f'{_e(row["ewma_ms"])}">{_e(_ms(row["ewma_ms"]))}</span>{_sparkline(row, t_end, span)}</td>'
-        f'<td class="share"><div class="bar"><span style="width:{share * 100:.1f}%"></span></div>'
-        f'<span class="num">{_e(_pct(share))}</span></td>'
-        f'<td class="num r">{_e(row["requests"])}<span class="sub">{_e(row["in_flight"])} in flight'
-        f"</span></td>"
-        f'<td class="num r"><span class="{_error_class(err_rate)}">{_e(_pct(err_rate))}</span>'
-        f'<span class="sub">{_e(row["failures"])} failed</span></td>'
-        f'<td class="lasterr">{error_html}</td></tr>'
-    )
+        last_error = _fragment("last_error_aged", message=error["message"], age=_duration(error["age_s"]))
+    share, err_rate = row["request_share"], row["error_rate"]
+    return _fragment(
+        "upstream", name=row["name"], url=row["url"], health=row["health"],
+        health_label=HEALTH_LABELS.get(row["health"], row["health"]),
+        countries=", ".join(row["countries"]), tuning=_tuning(row),
+        breaker=breaker, breaker_label=BREAKER_LABELS.get(breaker, breaker), breaker_detail=breaker_detail,
+        latency_class=_latency_class(row["ewma_ms"]), ewma_ms=row["ewma_ms"], latency=_ms(row["ewma_ms"]),
+        sparkline=_sparkline(row, t_end, span),
+        share_bar=_fragment("bar", percent=f"{share * 100:.1f}"), share=_pct(share),
+        requests=row["requests"], in_flight=row["in_flight"],
+        error_class=_error_class(err_rate), error_rate=_pct(err_rate), failures=row["failures"],
+        last_error=last_error)
 
 
-_COLUMNS = ("<colgroup>" + "".join(f'<col style="width:{w}%">' for w in (19, 7, 10, 22, 12, 8, 8, 14))
-            + "</colgroup>")
-
-
-def _route_section(route: Mapping[str, Any], t_end: float, span: float) -> str:
+def _route_section(route: RouteView, t_end: float, span: float) -> Markup:
     basis = (f"share and error rate over the last {_duration(route['window_s'])}"
              if route["basis"] == "window" else "share and error rate since start-up")
-    rows = "".join(_upstream_row(r, t_end, span) for r in route["upstreams"])
     down = sum(1 for r in route["upstreams"] if r["health"] == "down")
-    summary = (f'<span class="health down">{down} of {len(route["upstreams"])} down</span>' if down
-               else '<span class="health ok">all up</span>')
-    patterns = " ".join(f"<code>{_e(p)}</code>" for p in route["patterns"])
-    return (
-        f'<section class="route" data-route="{_e(route["name"])}">'
-        f'<header><h2>{_e(route["name"])}</h2>{summary}<span class="patterns">{patterns}</span>'
-        f'<span class="sub basis">{_e(basis)}</span></header>'
-        f'<table>{_COLUMNS}<thead><tr><th>Upstream</th><th>Health</th><th>Breaker</th>'
-        f'<th>Latency (EWMA, last {_e(_span(span))})</th><th>Request share</th>'
-        f'<th class="r">Requests</th><th class="r">Error rate</th><th>Last error</th></tr></thead>'
-        f"<tbody>{rows}</tbody></table></section>"
-    )
+    summary = (_fragment("route_some_down", down=down, total=len(route["upstreams"])) if down
+               else _fragment("route_all_up"))
+    return _fragment(
+        "route", name=route["name"], summary=summary,
+        patterns=_join((_fragment("pattern", pattern=p) for p in route["patterns"]), " "),
+        basis=basis, span=_span(span),
+        rows=_join(_upstream_row(r, t_end, span) for r in route["upstreams"]))
 
 
 def _ratio_attr(ratio: float | None) -> str:
     return "" if ratio is None else f"{ratio:.4f}"
 
 
-def _cache_card(cache: Mapping[str, Any] | None) -> str:
+def _cache_card(cache: CacheView | None) -> Markup:
     if cache is None:
-        return ('<div class="card"><h3>Cache</h3><div class="big muted">\u2013</div>'
-                '<div class="sub">no cache yet</div></div>')
-    size, limit = cache.get("size_bytes"), cache.get("max_size_bytes")
-    fill = (f'<div class="bar"><span style="width:{min(size / limit, 1.0) * 100:.1f}%"></span></div>'
-            if size is not None and limit else "")
-    of = f" of {_e(_bytes(limit))}" if limit else ""
-    return (
-        '<div class="card" id="cache"><h3>Cache</h3>'
-        f'<div class="big" data-hit-ratio="{_e(_ratio_attr(cache["hit_ratio"]))}">'
-        f'{_e(_pct(cache["hit_ratio"]))}'
-        '<small> hit ratio</small></div>'
-        f'<div class="sub">{_e(cache.get("hits") or 0)} hits \u00b7 {_e(cache.get("misses") or 0)} misses'
-        f' \u00b7 {_e(cache.get("stale") or 0)} stale</div>'
-        f'<div class="sub">{_e(_bytes(size))}{of} \u00b7 {_e(cache.get("evictions") or 0)} evictions</div>'
-        f"{fill}</div>"
-    )
+        return _fragment("cache_card_empty")
+    size, limit = cache["size_bytes"], cache["max_size_bytes"]
+    fill = (_fragment("bar", percent=f"{min(size / limit, 1.0) * 100:.1f}")
+            if size is not None and limit else Markup())
+    return _fragment(
+        "cache_card", hit_ratio_attr=_ratio_attr(cache["hit_ratio"]), hit_ratio=_pct(cache["hit_ratio"]),
+        hits=cache["hits"] or 0, misses=cache["misses"] or 0, stale=cache["stale"] or 0,
+        size=_bytes(size), of=f" of {_bytes(limit)}" if limit else "",
+        evictions=cache["evictions"] or 0, fill=fill)
 
 
-def _main(snapshot: Mapping[str, Any]) -> str:
+def _main(snapshot: Snapshot) -> Markup:
     t_end = float(snapshot["generated_t"])
-    rows = [r for route in snapshot["routes"] for r in route["upstreams"]]
     span = float(snapshot["history_s"])
-    names: dict[str, str] = {}
-    for r in rows:
-        names[r["name"]] = r["health"]
-    healthy = sum(1 for h in names.values() if h == "ok")
-    down = sum(1 for h in names.values() if h == "down")
-    overall = "down" if names and down == len(names) else "degraded" if healthy < len(names) else "ok"
+    health = {r["name"]: r["health"] for route in snapshot["routes"] for r in route["upstreams"]}
+    healthy = sum(1 for h in health.values() if h == "ok")
+    down = sum(1 for h in health.values() if h == "down")
+    overall = "down" if health and down == len(health) else "degraded" if healthy < len(health) else "ok"
     budget = snapshot["budget"]
-    cards = (
-        f'<div class="card"><h3>Upstreams</h3><div class="big {overall}">{healthy}'
-        f"<small> of {len(names)} healthy</small></div>"
-        f'<div class="sub">{down} down \u00b7 {len(names) - healthy - down} degraded</div></div>'
-        + _cache_card(snapshot["cache"])
-        + f'<div class="card"><h3>Retry budget</h3><div class="big">{_e(budget["spent"])}'
-        f'<small> retries &amp; hedges</small></div>'
-        f'<div class="sub {"bad" if budget["refused"] else ""}">{_e(budget["refused"])} refused</div></div>'
-        f'<div class="card"><h3>Routes</h3><div class="big">{len(snapshot["routes"])}</div>'
-        f'<div class="sub">first match wins, top to bottom</div></div>'
-    )
-    sections = "".join(_route_section(route, t_end, span) for route in snapshot["routes"])
-    if not sections:
-        sections = '<p class="muted">No routes configured.</p>'
-    return (
-        f'<main id="status" data-generated-at="{_e(snapshot["generated_at"])}">'
-        f'<div class="meta">version {_e(snapshot["version"])} \u00b7 up {_e(_duration(snapshot["uptime_s"]))}'
-        f' \u00b7 generated <time>{_e(snapshot["generated_at"])}</time>'
-        ' \u00b7 <a href="status.json">status.json</a></div>'
-        f'<div class="cards">{cards}</div>{sections}</main>'
-    )
+    cards = _join([
+        _fragment("upstreams_card", overall=overall, healthy=healthy, total=len(health), down=down,
+                  degraded=len(health) - healthy - down),
+        _cache_card(snapshot["cache"]),
+        _fragment("budget_card", spent=budget["spent"], refused=budget["refused"],
+                  refused_class="bad" if budget["refused"] else ""),
+        _fragment("routes_card", routes=len(snapshot["routes"])),
+    ])
+    sections = (_join(_route_section(route, t_end, span) for route in snapshot["routes"])
+                or _fragment("no_routes"))
+    return _fragment(
+        "main", generated_at=snapshot["generated_at"], version=snapshot["version"],
+        uptime=_duration(snapshot["uptime_s"]), cards=cards, sections=Markup(sections))
 
-
-_CSS = """
-:root{--fg:#1d2430;--muted:#6b7485;--line:#e3e7ee;--bg:#f5f7fa;--card:#fff;
---good:#1a7f37;--warn:#b25e00;--bad:#c62828;--accent:#2f6fde;
---good-bg:#e3f4e8;--warn-bg:#fdf0dc;--bad-bg:#fde6e6}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--fg);
-font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
-.top{display:flex;align-items:center;gap:16px;padding:14px 24px;background:var(--card);
-border-bottom:1px solid var(--line)}
-.top h1{font-size:18px;margin:0;font-weight:650}
-.top h1 span{color:var(--muted);font-weight:400}
-#live{margin-left:auto;font-size:12px;color:var(--muted);display:flex;align-items:center;gap:6px}
-#live::before{content:"";width:8px;height:8px;border-radius:50%;background:var(--muted)}
-#live.on::before{background:var(--good)}
-#live.off{color:var(--bad);font-weight:600}#live.off::before{background:var(--bad)}
-main{padding:16px 24px 32px;max-width:1500px}
-.meta{color:var(--muted);font-size:12px;margin-bottom:12px}.meta a{color:var(--accent)}
-.cards{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:12px;margin-bottom:18px}
-.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 14px}
-.card h3{margin:0 0 4px;font-size:12px;text-transform:uppercase;letter-spacing:.06em;
-color:var(--muted);font-weight:600}
-.big{font-size:26px;font-weight:650;font-variant-numeric:tabular-nums}
-.big small{font-size:13px;font-weight:400;color:var(--muted)}
-.big.ok{color:var(--good)}.big.degraded{color:var(--warn)}.big.down{color:var(--bad)}
-.route{background:var(--card);border:1px solid var(--line);border-radius:10px;margin-bottom:16px;
-overflow:hidden}
-.route header{display:flex;align-items:baseline;flex-wrap:wrap;gap:10px;padding:10px 14px;
-border-bottom:1px solid var(--line)}
-.route h2{margin:0;font-size:16px}
-.patterns code{background:#eef1f6;border-radius:4px;padding:1px 6px;margin-right:4px;font-size:12px}
-.basis{margin-left:auto}
-table{width:100%;border-collapse:collapse;table-layout:fixed}
-th{white-space:nowrap;text-align:left;font-size:11px;text-transform:uppercase;letter-spacing:.05em;color:var(--muted);
-font-weight:600;padding:8px 10px;background:#fafbfc;border-bottom:1px solid var(--line)}
-td{padding:8px 10px;border-bottom:1px solid var(--line);vertical-align:middle}
-tr:last-child td{border-bottom:0}
-tr.health-down td{background:#fff8f8}
-.r{text-align:right;white-space:nowrap}
-.who{display:flex;gap:10px;align-items:flex-start}
-.sub{display:block;color:var(--muted);font-size:12px}
-.url{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:11.5px;word-break:break-all}
-.num{font-variant-numeric:tabular-nums;font-weight:600}
-.dot{width:10px;height:10px;border-radius:50%;margin-top:5px;flex:none}
-.dot.ok{background:var(--good)}.dot.degraded{background:var(--warn)}.dot.down{background:var(--bad)}
-.health{font-size:12px;font-weight:600}
-.health.ok{color:var(--good)}.health.degraded{color:var(--warn)}.health.down{color:var(--bad)}
-.badge{display:inline-block;padding:2px 9px;border-radius:999px;font-size:12px;font-weight:650}
-.b-closed{background:var(--good-bg);color:var(--good)}
-.b-half_open{background:var(--warn-bg);color:var(--warn)}
-.b-open{background:var(--bad);color:#fff}
-.good{color:var(--good)}.warn{color:var(--warn)}.bad{color:var(--bad)}.muted{color:var(--muted)}
-td.lat{white-space:nowrap}
-td.lat .num{display:inline-block;min-width:72px;text-align:right;margin-right:8px;vertical-align:middle}
-.spark{vertical-align:middle;overflow:visible}
-.sp-base{stroke:var(--line);stroke-width:1}
-.sp-open{fill:var(--bad-bg)}
-.sp-line{fill:none;stroke-width:1.6;stroke-linejoin:round;stroke-linecap:round}
-.sp-line.good{stroke:var(--accent)}.sp-line.warn{stroke:var(--warn)}.sp-line.bad{stroke:var(--bad)}
-.sp-area{stroke:none;opacity:.13}
-.sp-area.good{fill:var(--accent)}.sp-area.warn{fill:var(--warn)}.sp-area.bad{fill:var(--bad)}
-.sp-dot.good{fill:var(--accent)}.sp-dot.warn{fill:var(--warn)}.sp-dot.bad{fill:var(--bad)}
-.bar{height:8px;background:#eaeef4;border-radius:4px;overflow:hidden;margin:3px 0}
-.bar span{display:block;height:100%;background:var(--accent);border-radius:4px}
-td.share .bar{display:inline-block;width:calc(100% - 52px);max-width:110px;vertical-align:middle;
-margin-right:8px}
-.card .bar{margin-top:8px}
-.err{color:var(--bad);font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:11.5px;
-word-break:break-all;display:-webkit-box;-webkit-line-clamp:2;-webkit-box-orient:vertical;overflow:hidden}
-@media (max-width:900px){.cards{grid-template-columns:repeat(2,minmax(0,1fr))}
-td.lasterr,th:last-child{display:none}}
-""".strip()
-
-_JS = """
-(function () {
-  "use strict";
-  var every = %d * 1000, live = document.getElementById("live"), refreshes = 0;
-  function show(ok, text) {
-    live.className = ok ? "on" : "off";
-    live.textContent = text;
-  }
-  function tick() {
-    var ctl = new AbortController(), timer = setTimeout(function () { ctl.abort(); }, 4000);
-    fetch(location.href, {cache: "no-store", signal: ctl.signal, headers: {Accept: "text/html"}})
-      .then(function (r) {
-        if (!r.ok) { throw new Error("HTTP " + r.status); }
-        return r.text();
-      })
-      .then(function (text) {
-        var doc = new DOMParser().parseFromString(text, "text/html");
-        var fresh = doc.getElementById("status"), old = document.getElementById("status");
-        if (!fresh || !old) { throw new Error("unexpected answer"); }
-        old.replaceWith(document.importNode(fresh, true));
-        refreshes += 1;
-        live.setAttribute("data-refreshes", String(refreshes));
-        show(true, "live \\u00b7 updated " + new Date().toLocaleTimeString());
-      })
-      .catch(function (e) {
-        show(false, "not updating (" + (e && e.name === "AbortError" ? "timeout" : e.message) +
-             ") \\u00b7 showing data from " + new Date(
-               document.getElementById("status").getAttribute("data-generated-at")
-             ).toLocaleTimeString());
-      })
-      .finally(function () { clearTimeout(timer); setTimeout(tick, every); });
-  }
-  show(true, "live \\u00b7 refreshes every " + (every / 1000) + " s");
-  setTimeout(tick, every);
-})();
-""".strip() % REFRESH_SECONDS
 
 SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
 CONTENT_SECURITY_POLICY = (
@@ -655,19 +628,10 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'")
 
 
-def render_status(snapshot: Mapping[str, Any]) -> str:
+def render_status(snapshot: Snapshot) -> str:
     """The whole page for one snapshot: self-contained HTML, every string escaped."""
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>goproxy-router status</title>"
-        f'<noscript><meta http-equiv="refresh" content="{FALLBACK_REFRESH_SECONDS}"></noscript>'
-        f"<style>{_CSS}</style></head><body>"
-        '<div class="top"><h1>goproxy-router <span>status</span></h1>'
-        f'<span id="live">auto-refresh every {FALLBACK_REFRESH_SECONDS} s (no JavaScript)</span></div>'
-        f"{_main(snapshot)}"
-        f"<script>{_JS}</script></body></html>"
-    )
+    return str(_render(_PAGE, fallback_s=FALLBACK_REFRESH_SECONDS, style=_CSS, script=_JS,
+                       main=_main(snapshot)))
 
 
 # -- HTTP ------------------------------------------------------------------------
@@ -687,7 +651,7 @@ _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
              "Referrer-Policy": "no-referrer"}
 
 
-def _snapshot(request: web.Request) -> dict[str, Any]:
+def _snapshot(request: web.Request) -> Snapshot:
     sources = request.app[STATUS_SOURCES]
     return build_snapshot(sources.get_state(), request.app[STATUS_HISTORY], sources.get_cache_info())
 

@@ -89,7 +89,8 @@ def _copy_of_the_tree(dest: Path) -> Path:
 
 @pytest.mark.fresh_install
 def test_a_fresh_venv_with_pip_install_dot_serves_the_shipped_routes_yaml(tmp_path: Path) -> None:
-    """The README's first command in a new venv: `pip install .` (no extras), then serve.
+    """The README's first command in a new venv: `pip install .` (no extras), then serve,
+    including the status page, whose HTML, CSS and JS are package data.
 
     Needs the package registry; GOPROXY_ROUTER_OFFLINE=1 skips it. Active probes
     are turned off in the copy of the shipped file, so the test talks to
@@ -127,6 +128,11 @@ def test_a_fresh_venv_with_pip_install_dot_serves_the_shipped_routes_yaml(tmp_pa
                 time.sleep(0.2)
         log.seek(0)
         assert status == 200, f"no 200 from /healthz; serve said:\n{log.read()[-3000:]}"
+        # The status page's templates are package data: they must be in the wheel.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_router/status", timeout=10) as resp:
+            page = resp.read().decode()
+        assert '<main id="status"' in page and 'data-route="public"' in page, page[:2000]
+        assert "--accent:" in page and 'getElementById("live")' in page      # style.css, app.js
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

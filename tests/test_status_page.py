@@ -7,6 +7,8 @@ Everything talks to 127.0.0.1 only, and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -307,6 +309,53 @@ def test_hostile_strings_render_inert() -> None:
     assert html.count("<script") == 1                    # the page's own script only
     assert "<img" not in html and "onerror=\"alert" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def _marker(field: str) -> str:
+    return f'<i data-f="{field}">\'"'
+
+
+def test_every_value_the_page_substitutes_is_escaped() -> None:
+    """Each string, and each number the renderer shows as it is, replaced by its own
+    markup: every one appears escaped in the page, and none as a tag. Numbers the
+    renderer formats (latency, ratios, sizes, ages) cannot carry markup."""
+    scenario = busy_scenario()
+    snap: Any = build_snapshot(scenario.state, scenario.history, CACHE_INFO, now=scenario.end)
+    fields = {"generated_at", "version", "budget.spent", "budget.refused", "cache.hits",
+              "cache.misses", "cache.stale", "cache.evictions"}
+    snap["generated_at"] = _marker("generated_at")
+    snap["version"] = _marker("version")
+    for key in ("spent", "refused"):
+        snap["budget"][key] = _marker(f"budget.{key}")
+    for key in ("hits", "misses", "stale", "evictions"):
+        snap["cache"][key] = _marker(f"cache.{key}")
+    for i, route in enumerate(snap["routes"]):
+        route["name"] = _marker(f"route{i}.name")
+        route["patterns"] = [_marker(f"route{i}.pattern")]
+        fields |= {f"route{i}.name", f"route{i}.pattern"}
+        for j, row in enumerate(route["upstreams"]):
+            for key in ("name", "url", "health", "breaker", "priority", "times_ejected", "requests",
+                        "in_flight", "failures"):
+                row[key] = _marker(f"row{i}.{j}.{key}")
+                fields.add(f"row{i}.{j}.{key}")
+            row["countries"] = [_marker(f"row{i}.{j}.country")]
+            row["ejected_for_s"] = 0.0       # so that times_ejected is shown
+            row["last_error"] = {"message": _marker(f"row{i}.{j}.error"), "age_s": 3.0}
+            fields |= {f"row{i}.{j}.country", f"row{i}.{j}.error"}
+    html = render_status(snap)
+    assert "<i " not in html
+    for field in sorted(fields):
+        assert f"&lt;i data-f=&quot;{field}&quot;&gt;&#x27;&quot;" in html, field
+
+
+def test_the_csp_allows_exactly_the_script_the_page_carries() -> None:
+    """The script comes from a package file; its hash in the CSP is computed from it."""
+    scenario = busy_scenario()
+    html = render_status(build_snapshot(scenario.state, scenario.history, None, now=scenario.end))
+    script = html[html.index("<script>") + len("<script>"):html.index("</script>")]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}';" in CONTENT_SECURITY_POLICY
+    assert "refresh" in script and "$" not in script      # the period was filled in
 
 
 def test_redact_removes_credentials_and_keeps_the_message() -> None:
