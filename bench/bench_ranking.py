@@ -26,7 +26,7 @@ from router.upstream import UpstreamTarget
 
 COUNTRIES = [("CN",), ("HK",), ("JP",), ("SG",), ("DE",), ("FR",), ("US",), ("BR",), ("*",),
              ("CN", "HK", "MO")]
-PLUGINS = ["geo_affinity", "latency", "errors", "weights",
+PLUGINS = ["geo_affinity", "latency", "breaker", "weights",
            {"pin": {"rules": [{"match": ["golang.org/x/*"], "prefer": ["up0"]},
                               {"match": ["github.com/bigcorp"], "forbid": ["up3"]}]}}]
 
@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     results = sorted(measure(args.samples, args.batch))
     p99 = results[min(int(len(results) * 0.99), len(results) - 1)]
-    print("rank 10 upstreams x 5 plugins (geo_affinity, latency, errors, weights, pin)")
+    print("rank 10 upstreams x 5 plugins (geo_affinity, latency, breaker, weights, pin)")
     print(f"  median {statistics.median(results):6.1f} us   p99 {p99:6.1f} us   "
           f"({args.samples} samples x {args.batch})")
 

@@ -27,7 +27,7 @@ def write_config(tmp_path: Path) -> Path:
         "routes": [{"name": "corp", "match": ["git.corp.example"], "upstreams": ["corp"]},
                    {"name": "public", "match": ["*"], "upstreams": ["us", "cn", "de"]}],
         "geoip": {"database": str(db)},
-        "scoring": {"plugins": ["geo_affinity", "latency", "errors", "weights",
+        "scoring": {"plugins": ["geo_affinity", "latency", "breaker", "weights",
                                {"pin": {"rules": [{"match": ["golang.org/x"], "prefer": ["de"],
                                                    "forbid": ["us"]}]}}]},
     }
