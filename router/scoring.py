@@ -61,7 +61,8 @@ cache or the app):
   `router.protocol.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
   `str` enum, so `ctx.kind == "zip"` holds too; explain ranks as `INFO`),
   `client_ip`, `country` (ISO 3166-1 alpha-2) and `continent` (AF AN AS EU
-  NA OC SA), both None when unknown, and `now` (time.monotonic() at ranking, for the stats' clocks).
+  NA OC SA), both None when unknown, and `now` (time.monotonic() at
+  ranking, for the stats' clocks).
   Checksum-database requests (`/sumdb/`) are not ranked: they go to the
   database's `url`, then its `mirrors`, in order.
 - `Candidate`: `name` (the upstream's name in routes.yaml), `config` (its
