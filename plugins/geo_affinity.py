@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from router.countries import continent_of
-from router.scoring import Candidate, Plugin, RequestContext
+from router.scoring import Candidate, Plugin, PluginOptions, RequestContext
 
 Factor = Annotated[float, Field(gt=0)]
 
 
-class GeoAffinityOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class GeoAffinityOptions(PluginOptions):
     same_country: Factor = 1.0      # the upstream lists the client's country
     anywhere: Factor = 1.2          # the upstream says "*": near everyone, nobody's nearest
     same_continent: Factor = 1.5    # it lists a country on the client's continent
@@ -28,7 +26,7 @@ class GeoAffinityOptions(BaseModel):
         return self
 
 
-class GeoAffinity(Plugin):
+class GeoAffinity(Plugin[GeoAffinityOptions]):
     """Factor from the upstream's `countries` vs the client's country.
 
     An upstream listing the client's own country is best; one declared `"*"`
@@ -40,11 +38,9 @@ class GeoAffinity(Plugin):
     """
 
     name = "geo_affinity"
-    Options = GeoAffinityOptions
 
     def __init__(self, options: GeoAffinityOptions) -> None:
         super().__init__(options)
-        self.opts = options
         self._continents: dict[tuple[str, ...], frozenset[str]] = {}
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float:
@@ -53,13 +49,13 @@ class GeoAffinity(Plugin):
             return 1.0
         countries = upstream.config.countries
         if country in countries:
-            return self.opts.same_country
+            return self.options.same_country
         if "*" in countries:
-            return self.opts.anywhere
+            return self.options.anywhere
         continent = ctx.continent or continent_of(country)
         if continent is not None and continent in self._continents_of(countries):
-            return self.opts.same_continent
-        return self.opts.elsewhere
+            return self.options.same_continent
+        return self.options.elsewhere
 
     def explain(self, ctx: RequestContext, upstream: Candidate) -> str:
         country = ctx.country

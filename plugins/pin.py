@@ -45,33 +45,33 @@ class PinOptions(PluginOptions):
     avoid_factor: Annotated[float, Field(gt=1)] = 10.0
 
 
-class Pin(Plugin):
-    """The first rule whose pattern (GOPRIVATE syntax) matches the module applies."""
+class Pin(Plugin[PinOptions]):
+    """The first rule whose pattern (GOPRIVATE syntax) matches the module applies.
+
+    The rule is looked up once per request, in `begin`, and kept in `_rule`
+    for that request's `score` calls (rank() runs them right after, with no
+    other ranking in between).
+    """
 
     name = "pin"
-    Options = PinOptions
 
     def __init__(self, options: PinOptions) -> None:
         super().__init__(options)
-        self.opts = options
         self._table: PatternTable[PinRule] = PatternTable(
             (glob, rule) for rule in options.rules for glob in rule.match)
-        # The engine scores every upstream of one request in a row: look the rule up once.
-        self._last: tuple[RequestContext | None, PinRule | None] = (None, None)
+        self._rule: PinRule | None = None     # the current request's rule, set by begin
+
+    def begin(self, ctx: RequestContext) -> None:
+        self._rule = None if ctx.module is None else self._table.lookup(ctx.module)
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
-        if ctx.module is None:
-            return 1.0
-        last_ctx, rule = self._last
-        if last_ctx is not ctx:
-            rule = self._table.lookup(ctx.module)
-            self._last = (ctx, rule)
+        rule = self._rule
         if rule is None:
             return 1.0
         if upstream.name in rule.forbid:
             return Veto(f"pin rule {', '.join(rule.match)} forbids it")
         if upstream.name in rule.prefer:
-            return self.opts.prefer_factor
+            return self.options.prefer_factor
         if upstream.name in rule.avoid:
-            return self.opts.avoid_factor
+            return self.options.avoid_factor
         return 1.0

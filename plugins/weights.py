@@ -13,7 +13,7 @@ class WeightsOptions(PluginOptions):
     priority_step: Annotated[float, Field(gt=1)] = 1000.0
 
 
-class Weights(Plugin):
+class Weights(Plugin[WeightsOptions]):
     """Factor 1/weight x priority_step**priority.
 
     `weight: 2` makes an upstream look half as costly. `priority` works in
@@ -23,7 +23,6 @@ class Weights(Plugin):
     """
 
     name = "weights"
-    Options = WeightsOptions
 
     def __init__(self, options: WeightsOptions) -> None:
         super().__init__(options)

@@ -94,7 +94,7 @@ class EdgeState:
             ProbeTarget(UpstreamTarget.from_config(name, up), up.probe_path)
             for name, up in config.upstreams.items()), config.probes)
 
-    def context(self, route: str, module: str | None, kind: str,
+    def context(self, route: str, module: str | None, kind: Kind,
                 client_ip: IPAddress | None) -> RequestContext:
         """The ranking context of a request: who and where the client is, what it wants."""
         location = self.geo.lookup(client_ip)
@@ -115,7 +115,7 @@ class EdgeState:
         route = self.routes.match(module)
         if route is None:
             raise LookupError(f"no route in routes.yaml matches module {module}")
-        ctx = self.context(route.name, module, "info", client_ip)
+        ctx = self.context(route.name, module, Kind.INFO, client_ip)
         return explain(ctx, self.rank(ctx))
 
 
@@ -276,7 +276,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     assert route is not None
     request["version"] = req.version
     request["kind"] = req.kind.value
-    ctx = state.context(route.name, req.module, req.kind.value, request["client_ip"])
+    ctx = state.context(route.name, req.module, req.kind, request["client_ip"])
     request["country"] = ctx.country
     ranking = state.rank(ctx)
     plan = ForwardPlan(

@@ -209,7 +209,7 @@ def _print_explain(report: dict[str, Any], as_json: bool, live: bool) -> None:
     if report["panic"]:
         print("panic:   every upstream is vetoed, so all are used")
     plugins = list(report["upstreams"][0]["factors"]) if report["upstreams"] else []
-    header = ["rank", "upstream", "cost", *plugins, "breaker", "veto"]
+    header = ["rank", "upstream", "cost", *plugins, "state", "veto"]
     rows = [[str(u["rank"] or "-"), u["name"], f"{u['cost']:.4g}",
              *[f"{u['factors'][p]:.4g}" if isinstance(u["factors"][p], float) else "veto"
                for p in plugins],

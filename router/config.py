@@ -341,7 +341,7 @@ class BreakerSettings(_Strict):
 
 
 class Scoring(_Strict):
-    plugins: tuple[PluginSpec, ...] = ("geo_affinity", "latency", "errors", "weights")
+    plugins: tuple[PluginSpec, ...] = ("geo_affinity", "latency", "breaker", "weights")
     plugin_dirs: tuple[str, ...] = ()
     decay: Annotated[float, Field(gt=0)] = 10.0         # seconds: latency EWMA time constant
     default_rtt: Annotated[float, Field(gt=0)] = 0.25   # seconds assumed before any sample

@@ -20,12 +20,24 @@ A plugin is a subclass of `Plugin`. Everything has a safe default except
   reload; an error reads `routes.yaml:LINE: scoring.plugins[i].<name>.
   <option>: problem` and stops startup (a reload is rejected and the old
   config keeps serving).
+- Type parameter: `class MyPlugin(Plugin[MyOptions])` sets `Options` to
+  `MyOptions` (unless the class sets `Options` itself) and types
+  `self.options` as `MyOptions` for a type checker. The older
+  `class MyPlugin(Plugin): Options = MyOptions` works the same at runtime.
 - `__init__(self, options)`: receives the validated `Options` instance
-  (kept as `self.options`); precompute here. Raising stops startup, naming
-  the plugin. A new instance is made at every config reload.
+  (kept as `self.options`, the one copy); precompute here. Raising stops
+  startup, naming the plugin. A new instance is made at every config reload.
 - `check(self, upstream_names) -> list[str]`: problems that need more than
   one option at a time, given the configured upstream names; each string
   is reported at the plugin's line in routes.yaml. Default: none.
+- `begin(self, ctx) -> None`: called once per ranked request, before
+  `score` is called for each of its upstreams: the place for work that
+  depends on the request only (e.g. `pin` looks its rule up here, once,
+  and keeps it in an attribute that `score` reads). rank() is synchronous
+  and one event loop runs one ranking at a time, so that attribute holds
+  for exactly this request's `score` calls. If `begin` raises, the engine
+  logs and counts it and the plugin is neutral for the whole request.
+  Default: does nothing (and costs nothing: the engine skips it).
 - `score(self, ctx, upstream) -> float | Veto`: called for every upstream of
   every ranked request, so it must be cheap and do no I/O:
   - a float > 0: a factor multiplied into the upstream's cost (1.0 is
@@ -37,17 +49,20 @@ A plugin is a subclass of `Plugin`. Everything has a safe default except
     that request. A plugin never breaks a request.
 - `explain(self, ctx, upstream) -> str`: a few words on why `score` gives
   what it gives here, shown by `explain` (CLI and /_router/explain) next to
-  the factor; called only when explaining, never while serving. Default
-  "" (the factor speaks for itself); one that raises is shown as such.
+  the factor; called only when explaining, never while serving, after
+  `begin(ctx)`. Default "" (the factor speaks for itself); one that raises
+  is shown as such.
 
 What a plugin sees (read-only; a plugin never sends requests, touches the
 cache or the app):
 
 - `RequestContext`: `route` (its name), `module` (decoded path, e.g.
-  `github.com/Azure/x`), `kind` (what is asked for: `list`, `info`, `mod`,
-  `zip` or `latest`; explain ranks as `info`), `client_ip`, `country` (ISO
-  3166-1 alpha-2) and `continent` (AF AN AS EU NA OC SA), both None when
-  unknown, and `now` (time.monotonic() at ranking, for the stats' clocks).
+  `github.com/Azure/x`), `kind` (what is asked for: a
+  `router.protocol.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
+  `str` enum, so `ctx.kind == "zip"` holds too; explain ranks as `INFO`),
+  `client_ip`, `country` (ISO 3166-1 alpha-2) and `continent` (AF AN AS EU
+  NA OC SA), both None when unknown, and `now` (time.monotonic() at
+  ranking, for the stats' clocks).
   Checksum-database requests (`/sumdb/`) are not ranked: they go to the
   database's `url`, then its `mirrors`, in order.
 - `Candidate`: `name` (the upstream's name in routes.yaml), `config` (its
@@ -62,7 +77,8 @@ Plugins run in the order listed; the cost is the product of their factors;
 ties keep the route's upstream order.
 
 Where plugins come from: `plugins/<name>.py` (built-ins, which cannot be
-shadowed), the entry-point group `goproxy_router.plugins` (name -> Plugin
+shadowed; `errors` is the old name of `breaker`, still accepted with a
+warning), the entry-point group `goproxy_router.plugins` (name -> Plugin
 subclass), and the directories in `scoring.plugin_dirs` (file `<name>.py`
 defining exactly one Plugin subclass named `<name>`).
 """
@@ -76,15 +92,16 @@ import ipaddress
 import logging
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from router.config import Loc, PluginSpec, Upstream, format_loc, validation_problems
 from router.logs import log_event
+from router.protocol import Kind
 from router.stats import UpstreamStats
 from router.upstream import UpstreamTarget
 
@@ -92,6 +109,7 @@ log = logging.getLogger("router.scoring")
 
 BUILTIN_PACKAGE = "plugins"
 ENTRY_POINT_GROUP = "goproxy_router.plugins"
+RENAMED = {"errors": "breaker"}   # old built-in name -> new: still loads, with a warning (once)
 _INF = float("inf")
 
 
@@ -160,7 +178,7 @@ class RequestContext:
 
     route: str
     module: str | None
-    kind: str
+    kind: Kind                       # a str enum: `ctx.kind == "zip"` holds
     client_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
     country: str | None = None       # ISO 3166-1 alpha-2, None when unknown
     continent: str | None = None     # AF AN AS EU NA OC SA, None when unknown
@@ -177,14 +195,34 @@ class Candidate:
     target: UpstreamTarget = field(repr=False)
 
 
-class Plugin:
-    """Base class of every scoring plugin. See the module docstring for the contract."""
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+class Plugin(Generic[OptionsT]):
+    """Base class of every scoring plugin. See the module docstring for the contract.
+
+    `Plugin[MyOptions]` types `self.options` and sets `Options` to `MyOptions`.
+    """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    options: OptionsT
 
-    def __init__(self, options: BaseModel) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Options" in vars(cls):
+            return
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is Plugin:
+                [model] = get_args(base)
+                if isinstance(model, type) and issubclass(model, BaseModel):
+                    cls.Options = model
+
+    def __init__(self, options: OptionsT) -> None:
         self.options = options
+
+    def begin(self, ctx: RequestContext) -> None:
+        """Once per ranked request, before `score` is called for each upstream."""
 
     def check(self, upstream_names: set[str]) -> list[str]:
         """Problems of the options as a whole against the configured upstreams; [] if none.
@@ -229,10 +267,15 @@ class Scored:
         return {plugin.name: f"veto: {f.reason}" if isinstance(f, Veto) else f
                 for plugin, f in zip(plugins, self.factors, strict=True)}
 
-    def reasons(self, ctx: RequestContext, plugins: Sequence[Plugin]) -> dict[str, str]:
-        """Each plugin's own words on its factor (those that have any)."""
+    def reasons(self, ctx: RequestContext, plugins: Sequence[Plugin],
+                failed: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Each plugin's own words on its factor (those that have any); `failed`: the
+        plugins whose `begin` raised, with what it raised."""
         found = {}
         for plugin in plugins:
+            if failed and plugin.name in failed:
+                found[plugin.name] = failed[plugin.name]
+                continue
             try:
                 text = plugin.explain(ctx, self.candidate)
             except Exception as exc:
@@ -267,20 +310,26 @@ class Engine:
     anything unusual goes to the slow path.
     """
 
-    def __init__(self, plugins: Sequence[Plugin]) -> None:
+    def __init__(self, plugins: Sequence[Plugin[Any]]) -> None:
         self.plugins = tuple(plugins)
+        self.beginners = _beginners(self.plugins)   # those with a begin hook: the rest skip it
         self.errors: Counter[str] = Counter()   # plugin name -> exceptions/bad returns
 
     def rank(self, ctx: RequestContext, candidates: Sequence[Candidate]) -> Ranking:
         """Score every candidate; ties keep config order, so the result is deterministic."""
         plugins = self.plugins
+        scorers: Sequence[Plugin[Any]] = plugins
+        if self.beginners:
+            failed = begin_all(self.beginners, ctx, self._failed_begin)
+            if failed:
+                scorers = [_NEUTRAL if p in failed else p for p in plugins]
         allowed: list[Scored] = []
         vetoed: list[Scored] = []
         for position, candidate in enumerate(candidates):
             cost = 1.0
             factors: list[float | Veto] = []
             veto: str | None = None
-            for plugin in plugins:
+            for plugin in scorers:
                 try:
                     result = plugin.score(ctx, candidate)
                 except Exception as exc:
@@ -315,6 +364,41 @@ class Engine:
         log_event(log, logging.ERROR, "plugin failed; treated as neutral", plugin=plugin.name,
                   upstream=candidate.name, problem=problem[:300])
         return 1.0
+
+    def _failed_begin(self, plugin: Plugin, problem: str) -> None:
+        self.errors[plugin.name] += 1
+        log_event(log, logging.ERROR, "plugin failed; treated as neutral for the request",
+                  plugin=plugin.name, problem=problem[:300])
+
+
+def _beginners(plugins: Iterable[Plugin[Any]]) -> tuple[Plugin[Any], ...]:
+    """The plugins that override `begin` (the default does nothing, so it is not called)."""
+    return tuple(p for p in plugins if type(p).begin is not Plugin.begin)
+
+
+def begin_all(plugins: Iterable[Plugin[Any]], ctx: RequestContext,
+              on_error: Callable[[Plugin[Any], str], None]) -> set[Plugin[Any]]:
+    """Call each plugin's `begin(ctx)`; the set of those that raised (reported to on_error)."""
+    failed: set[Plugin[Any]] = set()
+    for plugin in plugins:
+        try:
+            plugin.begin(ctx)
+        except Exception as exc:
+            failed.add(plugin)
+            on_error(plugin, f"begin raised {type(exc).__name__}: {exc}")
+    return failed
+
+
+class _Neutral(Plugin):
+    """Stands in, for one request, for a plugin whose `begin` failed: factor 1.0."""
+
+    name = "(neutral)"
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float:
+        return 1.0
+
+
+_NEUTRAL = _Neutral(NoOptions())
 
 
 # ---------------------------------------------------------------------------
@@ -390,6 +474,7 @@ def _builtin(name: str) -> type[Plugin] | None:
 
 def find_plugin(name: str, plugin_dirs: Iterable[str] = ()) -> type[Plugin]:
     """Built-ins first (they cannot be shadowed), then entry points, then plugin_dirs."""
+    name = _current_name(name)
     cls = _builtin(name) or _from_entry_points(name) or _from_dirs(name, plugin_dirs)
     if cls is None:
         raise PluginError(f"plugin {name!r} not found: not a built-in ({BUILTIN_PACKAGE}/), "
@@ -420,6 +505,21 @@ def _option_problems(cls: type[Plugin], options: dict[str, Any],
     return (None if problems else validated), problems
 
 
+_warned_renamed: set[str] = set()
+
+
+def _current_name(name: str) -> str:
+    """A built-in's current name for an old one (warned about once per process)."""
+    new = RENAMED.get(name)
+    if new is None:
+        return name
+    if name not in _warned_renamed:
+        _warned_renamed.add(name)
+        log_event(log, logging.WARNING, "deprecated plugin name; list the new one in routes.yaml",
+                  plugin=name, use=new)
+    return new
+
+
 def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
                  upstream_names: set[str] | None = None) -> list[Plugin]:
     """Instantiate the configured plugins in order; any problem stops startup.
@@ -438,18 +538,19 @@ def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
         except PluginError as exc:
             problems.append(PluginProblem(index, "?", str(exc)))
             continue
+        written, name = name, _current_name(name)   # `written` places problems in routes.yaml
         if name in seen:
-            problems.append(PluginProblem(index, name, f"plugin {name!r} is listed twice"))
+            problems.append(PluginProblem(index, written, f"plugin {name!r} is listed twice"))
             continue
         seen.add(name)
         try:
             cls = find_plugin(name, dirs)
         except PluginError as exc:
-            problems.append(PluginProblem(index, name, str(exc)))
+            problems.append(PluginProblem(index, written, str(exc)))
             continue
         validated, bad = _option_problems(cls, options, upstream_names)
-        problems += [PluginProblem(index, name, message, loc) if loc else
-                     PluginProblem(index, name, f"plugin {name!r}: bad options: {message}")
+        problems += [PluginProblem(index, written, message, loc) if loc else
+                     PluginProblem(index, written, f"plugin {name!r}: bad options: {message}")
                      for loc, message in bad]
         if validated is None:
             continue
@@ -457,13 +558,13 @@ def load_plugins(specs: Iterable[PluginSpec], plugin_dirs: Iterable[str] = (),
             plugin = cls(validated)
         except Exception as exc:
             problems.append(PluginProblem(
-                index, name, f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}"))
+                index, written, f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}"))
             continue
         try:
             found = plugin.check(upstream_names) if upstream_names is not None else []
         except Exception as exc:
             found = [f"check() raised {type(exc).__name__}: {exc}"]
-        problems += [PluginProblem(index, name, f"plugin {name!r}: {p}") for p in found]
+        problems += [PluginProblem(index, written, f"plugin {name!r}: {p}") for p in found]
         plugins.append(plugin)
     if problems:
         raise PluginError("\n".join(map(str, problems)), problems)
@@ -478,6 +579,9 @@ def explain(ctx: RequestContext, ranking: Ranking) -> dict[str, Any]:
     """Why each upstream ranks where it does: every plugin's factor, the cost, the order."""
     chosen = {id(s) for s in ranking.order}
     rows = ranking.order + [s for s in ranking.vetoed if id(s) not in chosen]
+    failed: dict[str, str] = {}        # explain reads what begin prepared, so begin again here
+    begin_all(_beginners(ranking.plugins), ctx,
+              lambda plugin, problem: failed.__setitem__(plugin.name, problem))
     return {
         "route": ctx.route,
         "module": ctx.module,
@@ -492,7 +596,7 @@ def explain(ctx: RequestContext, ranking: Ranking) -> dict[str, Any]:
                 "rank": i + 1 if id(s) in chosen else None,
                 "cost": s.cost,
                 "factors": s.breakdown(ranking.plugins),
-                "reasons": s.reasons(ctx, ranking.plugins),
+                "reasons": s.reasons(ctx, ranking.plugins, failed),
                 "veto": s.veto,
                 "countries": list(s.candidate.config.countries),
                 "latency_ewma": round(s.candidate.stats.latency.value, 6),

@@ -27,7 +27,7 @@ def write_config(tmp_path: Path) -> Path:
         "routes": [{"name": "corp", "match": ["git.corp.example"], "upstreams": ["corp"]},
                    {"name": "public", "match": ["*"], "upstreams": ["us", "cn", "de"]}],
         "geoip": {"database": str(db)},
-        "scoring": {"plugins": ["geo_affinity", "latency", "errors", "weights",
+        "scoring": {"plugins": ["geo_affinity", "latency", "breaker", "weights",
                                {"pin": {"rules": [{"match": ["golang.org/x"], "prefer": ["de"],
                                                    "forbid": ["us"]}]}}]},
     }
@@ -144,3 +144,19 @@ def test_explain_server_sends_the_admin_token(
     served(explain("example.com/lib", "--server", router.url, "--config", config,
                    env={"EXPLAIN_ADMIN_TOKEN": token}))
     served(explain("example.com/lib", "--server", router.url, "--token", token, cwd=nowhere))
+
+
+def test_a_config_naming_the_breaker_errors_still_explains_and_warns_once(tmp_path: Path) -> None:
+    """`errors` is the breaker plugin's old name: it loads as `breaker`, with one warning."""
+    config = yaml.safe_load(write_config(tmp_path).read_text())
+    config["scoring"]["plugins"][2] = "errors"
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = explain("--config", str(path), "example.com/lib", "--client-ip", "1.0.1.5")
+    assert result.returncode == 0, result.stderr
+    header = next(line.split() for line in result.stdout.splitlines() if line.startswith("rank"))
+    assert header == ["rank", "upstream", "cost", "geo_affinity", "latency", "breaker", "weights",
+                      "pin", "state", "veto"]
+    warnings = [json.loads(line) for line in result.stderr.splitlines()
+                if '"deprecated plugin name' in line]
+    assert [(w["plugin"], w["use"]) for w in warnings] == [("errors", "breaker")]

@@ -454,7 +454,7 @@ async def test_an_upstream_that_keeps_serving_bad_zips_is_ejected(
     a = await fake_proxy(TREE, name="a")
     b = await fake_proxy(TREE, name="b")
     cfg: dict[str, Any] = config([("a", a.url), ("b", b.url)], tmp_path,
-                                 scoring={"plugins": ["errors"],
+                                 scoring={"plugins": ["breaker"],
                                           "breaker": {"threshold": 5, "ejection": 60}})
     client = await edge(cfg)
     for m in WARM[:5]:

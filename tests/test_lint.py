@@ -14,6 +14,6 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
-    result = subprocess.run([ruff, "check", "router", "plugins", "tests", "bench"],
+    result = subprocess.run([ruff, "check", "router", "plugins", "examples", "tests", "bench"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

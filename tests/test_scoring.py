@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import logging
 import textwrap
+import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from router.config import Upstream
+from router import scoring
+from router.config import Scoring, Upstream
+from router.protocol import Kind
 from router.scoring import (
     Candidate,
     Engine,
     NoOptions,
     Plugin,
     PluginError,
+    PluginOptions,
     RequestContext,
+    explain,
     load_plugins,
 )
 from router.stats import StatsSettings, UpstreamStats
@@ -36,12 +41,12 @@ def candidate(name: str, rtt: float | None = None, *, countries: tuple[str, ...]
 
 
 def ctx(module: str | None = "example.com/m", country: str | None = None,
-        continent: str | None = None, now: float = 1.0) -> RequestContext:
-    return RequestContext(route="public", module=module, kind="info", country=country,
+        continent: str | None = None, now: float = 1.0, kind: Kind = Kind.INFO) -> RequestContext:
+    return RequestContext(route="public", module=module, kind=kind, country=country,
                           continent=continent, now=now)
 
 
-BUILTINS = ["geo_affinity", "latency", "errors", "weights"]
+BUILTINS = ["geo_affinity", "latency", "breaker", "weights"]
 
 
 def names(ranking: Any) -> list[str]:
@@ -128,7 +133,7 @@ def test_breaker_veto_and_panic_mode() -> None:
         bad.stats.record_failure(0.01, "refused", now=0.5)
     ranking = engine.rank(ctx(now=1.0), [bad, good])
     assert names(ranking) == ["good"] and not ranking.panic
-    assert ranking.vetoed[0].veto is not None and ranking.vetoed[0].veto.startswith("errors: ejected")
+    assert ranking.vetoed[0].veto is not None and ranking.vetoed[0].veto.startswith("breaker: ejected")
     good.stats.record_failure(0.01, "x", now=0.5)
     good.stats.breaker.times_ejected = 0
     for _ in range(5):
@@ -173,7 +178,7 @@ def test_pin_rejects_unknown_upstreams_at_their_place() -> None:
     assert problem.loc == (1, "pin", "rules", 0, "avoid", 1)
 
 
-@pytest.mark.parametrize("name", ["geo_affinity", "latency", "errors", "weights", "pin"])
+@pytest.mark.parametrize("name", ["geo_affinity", "latency", "breaker", "weights", "pin"])
 def test_every_builtin_refuses_an_unknown_option(name: str) -> None:
     options: dict[str, Any] = {"rules": []} if name == "pin" else {}
     with pytest.raises(PluginError) as info:
@@ -358,3 +363,128 @@ def test_plugin_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         load_plugins(["bad"])
     with pytest.raises(PluginError, match="failed to load: ModuleNotFoundError"):
         load_plugins(["missing"])
+
+
+# ---------------------------------------------------------------------------
+# The plugin API: typed options, the kind, the once-per-request hook, the rename
+
+
+class Band(PluginOptions):
+    low: float = 0.5
+
+
+class Typed(Plugin[Band]):
+    name = "typed"
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float:
+        return self.options.low
+
+
+def test_the_type_parameter_sets_options_and_builtins_keep_one_copy() -> None:
+    assert Typed.Options is Band
+    assert Typed(Band()).score(ctx(), candidate("a")) == 0.5
+    plugins = load_plugins([*BUILTINS, {"pin": {"rules": [{"match": ["x.example"], "prefer": ["a"]}]}}],
+                           upstream_names={"a"})
+    for plugin in plugins:
+        assert isinstance(plugin.options, type(plugin).Options), plugin.name
+        assert not hasattr(plugin, "opts"), plugin.name
+
+
+def test_ctx_kind_is_the_protocols_kind_and_still_equals_its_string() -> None:
+    assert typing.get_type_hints(RequestContext)["kind"] is Kind
+    zip_ctx = ctx(kind=Kind.ZIP)
+    assert zip_ctx.kind == "zip" and zip_ctx.kind != "info" and zip_ctx.kind in {"zip"}
+    assert f"{zip_ctx.kind}" == "zip"
+
+
+class Counting(Plugin):
+    """Says in `begin` which module this request is for; `score` and `explain` read it."""
+
+    name = "counting"
+
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        self.begun: list[str | None] = []
+        self.scored: list[tuple[str | None, str]] = []
+
+    def begin(self, ctx: RequestContext) -> None:
+        if ctx.module == "boom.example/m":
+            raise RuntimeError("no state today")
+        self.begun.append(ctx.module)
+
+    def score(self, ctx: RequestContext, upstream: Candidate) -> float:
+        self.scored.append((self.begun[-1], upstream.name))
+        return 2.0 if upstream.name == "a" else 1.0
+
+    def explain(self, ctx: RequestContext, upstream: Candidate) -> str:
+        return f"begun for {self.begun[-1]}"
+
+
+def test_begin_runs_once_per_ranking_before_its_scores() -> None:
+    plugin = Counting(NoOptions())
+    engine = Engine([plugin, Exploding(NoOptions())])
+    engine.rank(ctx("one.example/m"), [candidate("a"), candidate("b"), candidate("c")])
+    engine.rank(ctx("two.example/m"), [candidate("a"), candidate("b")])
+    assert plugin.begun == ["one.example/m", "two.example/m"]
+    assert plugin.scored == [("one.example/m", "a"), ("one.example/m", "b"), ("one.example/m", "c"),
+                             ("two.example/m", "a"), ("two.example/m", "b")]
+    report = explain(ctx("three.example/m"), engine.rank(ctx("four.example/m"), [candidate("a")]))
+    assert report["upstreams"][0]["reasons"]["counting"] == "begun for three.example/m"
+
+
+def test_a_failing_begin_makes_the_plugin_neutral_for_that_request(
+        caplog: pytest.LogCaptureFixture) -> None:
+    plugin = Counting(NoOptions())
+    engine = Engine([plugin])
+    with caplog.at_level(logging.ERROR, logger="router.scoring"):
+        ranking = engine.rank(ctx("boom.example/m"), [candidate("a"), candidate("b")])
+    assert [s.breakdown(ranking.plugins) for s in ranking.order] == [{"counting": 1.0}] * 2
+    assert names(ranking) == ["a", "b"] and plugin.scored == []
+    assert engine.errors == {"counting": 1}
+    [record] = caplog.records
+    assert "RuntimeError: no state today" in record.fields["problem"]  # type: ignore[attr-defined]
+    assert names(engine.rank(ctx("ok.example/m"), [candidate("a"), candidate("b")])) == ["b", "a"]
+    report = explain(ctx("boom.example/m"), ranking)
+    assert report["upstreams"][0]["reasons"]["counting"] == "begin raised RuntimeError: no state today"
+
+
+def test_pin_finds_its_rule_in_begin_and_keeps_no_request_context() -> None:
+    [pin] = load_plugins([{"pin": {"rules": [{"match": ["golang.org/x/*"], "prefer": ["cn"]}]}}],
+                         upstream_names={"cn", "io"})
+    engine = Engine([pin])
+    request = ctx("golang.org/x/mod")
+    assert names(engine.rank(request, [candidate("io"), candidate("cn")])) == ["cn", "io"]
+    held = [value for value in vars(pin).values()
+            if value is request or (isinstance(value, tuple) and request in value)]
+    assert held == []
+    assert names(engine.rank(ctx("example.com/m"), [candidate("io"), candidate("cn")])) == ["io", "cn"]
+    assert names(engine.rank(ctx(None), [candidate("io"), candidate("cn")])) == ["io", "cn"]
+
+
+def test_errors_is_the_breakers_old_name_and_warns_once(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scoring, "_warned_renamed", set())
+    assert Scoring().plugins == ("geo_affinity", "latency", "breaker", "weights")
+    with caplog.at_level(logging.WARNING, logger="router.scoring"):
+        load_plugins(Scoring().plugins)
+        assert caplog.records == []
+        [first] = load_plugins(["errors"])
+        [second] = load_plugins(["errors"])
+    assert first.name == second.name == "breaker"
+    [record] = caplog.records
+    assert record.getMessage().startswith("deprecated plugin name")
+    assert record.fields == {"plugin": "errors", "use": "breaker"}  # type: ignore[attr-defined]
+    with pytest.raises(PluginError, match="'breaker' is listed twice"):
+        load_plugins(["breaker", "errors"])
+    with pytest.raises(PluginError) as info:
+        load_plugins(["latency", {"errors": {"bogus": 1}}])
+    [problem] = info.value.problems
+    assert problem.loc == (1, "errors", "bogus")      # where routes.yaml has it
+
+
+def test_the_breaker_plugin_vetoes_under_its_name() -> None:
+    bad = candidate("bad", 0.01, settings=StatsSettings(failure_threshold=1))
+    bad.stats.record_failure(0.01, "refused", now=0.5)
+    ranking = Engine(load_plugins(["breaker"])).rank(ctx(now=1.0), [bad, candidate("good")])
+    assert names(ranking) == ["good"]
+    assert ranking.vetoed[0].veto is not None and ranking.vetoed[0].veto.startswith("breaker: ejected")

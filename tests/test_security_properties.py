@@ -155,7 +155,7 @@ async def hostile_edge(tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake) -> 
         "sumdb": [{"name": "sum.golang.org", "url": up.url}],
         "geoip": {"trusted_proxies": ["127.0.0.1/32"]},
         "cache": {"dir": str(cache_dir)},
-        "scoring": {"plugins": ["latency", "errors"]},
+        "scoring": {"plugins": ["latency", "breaker"]},
     }, {"CLIENT_TOKENS": TOKEN})
     errors = _Errors()
     logging.getLogger().addHandler(errors)

@@ -1,4 +1,4 @@
-"""errors: the circuit breaker's verdict on each upstream."""
+"""breaker: the circuit breaker's verdict on each upstream (formerly named `errors`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from router.scoring import Candidate, Plugin, RequestContext, Veto
 from router.stats import BreakerState
 
 
-class Errors(Plugin):
+class BreakerVerdict(Plugin):
     """Veto ejected upstreams; while half-open, let only a few trial requests through.
 
     The breaker itself lives in the upstream's stats (fed by every request
@@ -14,7 +14,7 @@ class Errors(Plugin):
     period. When every upstream is vetoed the engine uses them all anyway.
     """
 
-    name = "errors"
+    name = "breaker"
 
     def score(self, ctx: RequestContext, upstream: Candidate) -> float | Veto:
         stats = upstream.stats
