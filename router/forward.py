@@ -12,6 +12,9 @@ request's deadline and before a byte reaches the client: small answers
 broken body fails over. A zip streams; if its body breaks after the status
 line went out, the client connection is aborted, so the go command sees an
 error and never a complete-looking truncated 200.
+
+Who is asked next, when to hedge and how long to back off is decided by
+`AttemptSchedule` (router/schedule.py); `Forwarder.fetch` runs its attempts.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from router.integrity import (
 )
 from router.logs import log_event
 from router.redact import redact
+from router.schedule import AttemptSchedule, Run
 from router.stats import StatsRegistry, UpstreamStats
 from router.upstream import (
     AttemptError,
@@ -117,12 +121,6 @@ class ForwardPlan:
         return self.kind in SMALL_KINDS and self.method == "GET"
 
 
-@dataclass(frozen=True, slots=True)
-class _Running:
-    target: UpstreamTarget
-    started: float
-
-
 @dataclass(slots=True)
 class Fetched:
     """A good answer whose status line has not been sent yet."""
@@ -143,7 +141,7 @@ class Doubtful:
     fetched: Fetched
 
 
-RunningTasks = dict[asyncio.Task[Fetched | Doubtful | Attempt], _Running]   # attempts in flight
+RunningTasks = dict[asyncio.Task[Fetched | Doubtful | Attempt], Run]   # attempts in flight
 
 
 class AttemptObserver:
@@ -184,58 +182,50 @@ class Forwarder:
     # -- the policy ------------------------------------------------------------
 
     async def fetch(self, plan: ForwardPlan) -> Fetched | None:
-        """Attempts, retries and a hedge until a good answer starts, or none can."""
+        """Attempts, retries and a hedge until a good answer starts, or none can.
+
+        The schedule decides who is asked and when; this loop runs the attempts."""
         self.budget.record_request()
-        deadline = plan.started + plan.timeouts.deadline
-        order = list(plan.targets)
-        tries = {t.name: 0 for t in order}
-        not_here: set[str] = set()        # said 404/410, or sent a doubtful answer: never asked again
+        schedule = self.schedule(plan)
         running: RunningTasks = {}
-        failures = 0
         fallback: Fetched | None = None   # the first doubtful answer
-        hedged = False
         winner: str | None = None
         try:
             while True:
                 if not running:
-                    # "Not here" answers are lookups, not tries: they do not count.
-                    if sum(tries.values()) - len(not_here) >= plan.retry.max_attempts:
-                        break
-                    target = await self._next_target(plan, order, tries, not_here, deadline)
+                    target = await schedule.wait_for_target()
                     if target is None:
                         break
-                    if failures and not await self._retry_allowed(plan, failures, deadline):
-                        break
-                    self._launch(running, tries, target, plan, deadline)
-                wait = deadline - time.monotonic()
-                hedge_at = None if hedged else self._hedge_due(plan, running, order, tries, not_here)
-                if hedge_at is not None:
-                    wait = min(wait, hedge_at - time.monotonic())
-                done, _ = await asyncio.wait(running, timeout=max(wait, 0.0),
+                    if schedule.failures:
+                        if not await schedule.back_off():
+                            break
+                        self.observer.retry()
+                    self._launch(running, schedule, target, plan)
+                done, _ = await asyncio.wait(running, timeout=schedule.wait(),
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    if time.monotonic() >= deadline:
+                    if schedule.deadline_left() <= 0:
                         break
-                    hedged = True
-                    hedge_target = self._candidates(order, tries, not_here, running)[:1]
-                    if hedge_target and self._spend(plan, "hedge"):
+                    hedge_target = schedule.hedge()
+                    if hedge_target is not None:
                         self.observer.hedge()
-                        self._launch(running, tries, hedge_target[0], plan, deadline)
+                        self._launch(running, schedule, hedge_target, plan)
                     continue
                 for task in done:
-                    attempt_target = running.pop(task).target
+                    run = running.pop(task)
                     result = task.result()
                     if isinstance(result, Fetched):
-                        winner = attempt_target.name
+                        schedule.answered(run)
+                        winner = run.target.name
                         return result
                     if isinstance(result, Doubtful):
-                        not_here.add(attempt_target.name)
+                        schedule.said_not_here(run)
                         fallback = fallback or result.fetched
                     elif result.outcome is Outcome.NOT_FOUND:
-                        not_here.add(attempt_target.name)
+                        schedule.said_not_here(run)
                     else:
-                        failures += 1
-            if fallback is not None and failures == 0 and not running:
+                        schedule.failed(run)
+            if fallback is not None and schedule.failures == 0 and not running:
                 winner = fallback.target.name
                 plan.notes.append(f"{winner}'s doubtful answer taken: no upstream had better")
                 return fallback
@@ -243,15 +233,21 @@ class Forwarder:
         finally:
             await self._cancel(plan, running, winner)
 
-    def _launch(self, running: RunningTasks,
-                tries: dict[str, int], target: UpstreamTarget, plan: ForwardPlan,
-                deadline: float) -> None:
-        tries[target.name] += 1
-        task = asyncio.ensure_future(self._attempt(target, plan, deadline))
-        running[task] = _Running(target, time.monotonic())
+    def schedule(self, plan: ForwardPlan) -> AttemptSchedule:
+        """The attempt schedule of one request: on time.monotonic, the clock of
+        `plan.started` and of the upstreams' 429 sit-outs, and this forwarder's dice."""
+        return AttemptSchedule(plan.targets, plan.retry, plan.hedge, self.budget,
+                               kind=plan.kind, started=plan.started,
+                               deadline=plan.timeouts.deadline, stats=self._stats,
+                               notes=plan.notes, rng=self._rng)
 
-    async def _cancel(self, plan: ForwardPlan, running: dict[asyncio.Task[Fetched | Doubtful | Attempt],
-                      _Running], winner: str | None) -> None:
+    def _launch(self, running: RunningTasks, schedule: AttemptSchedule,
+                target: UpstreamTarget, plan: ForwardPlan) -> None:
+        run = schedule.launch(target)
+        task = asyncio.ensure_future(self._attempt(target, plan, schedule.deadline_at))
+        running[task] = run
+
+    async def _cancel(self, plan: ForwardPlan, running: RunningTasks, winner: str | None) -> None:
         """Stop attempts still running: a hedge that lost, or the deadline."""
         for task, run in running.items():
             if task.done() and not task.cancelled() and isinstance(task.result(), Fetched):
@@ -276,69 +272,6 @@ class Forwarder:
                 await task
         if winner is None and running:
             plan.notes.append(f"deadline of {plan.timeouts.deadline:g}s exceeded")
-
-    def _candidates(self, order: list[UpstreamTarget], tries: dict[str, int], not_here: set[str],
-                    running: RunningTasks) -> list[UpstreamTarget]:
-        """Upstreams that may be asked next: least tried first, then in ranked order."""
-        busy = {run.target.name for run in running.values()}
-        eligible = [t for t in order if t.name not in not_here and t.name not in busy]
-        return sorted(eligible, key=lambda t: tries[t.name])   # stable: keeps the ranking
-
-    async def _next_target(self, plan: ForwardPlan, order: list[UpstreamTarget],
-                           tries: dict[str, int], not_here: set[str],
-                           deadline: float) -> UpstreamTarget | None:
-        """The next upstream to ask. One sitting out a 429 is waited for only when no
-        other is left and its Retry-After ends within the deadline."""
-        candidates = self._candidates(order, tries, not_here, {})
-        if not candidates:
-            return None
-        now = time.monotonic()
-        for target in candidates:
-            if self._stats(target).not_before <= now:
-                return target
-        target = min(candidates, key=lambda t: self._stats(t).not_before)
-        resume = self._stats(target).not_before
-        if resume >= deadline:
-            plan.notes.append(f"{target.name} asked to wait until after the deadline (429 Retry-After)")
-            return None
-        await asyncio.sleep(resume - now)
-        return target
-
-    async def _retry_allowed(self, plan: ForwardPlan, failures: int, deadline: float) -> bool:
-        """Spend from the budget, then back off with full jitter (within the deadline)."""
-        if not self._spend(plan, "retry"):
-            return False
-        cap = min(plan.retry.backoff_cap, plan.retry.backoff_base * 2 ** (failures - 1))
-        pause = self._rng.uniform(0, cap)
-        if time.monotonic() + pause >= deadline:
-            plan.notes.append(f"deadline of {plan.timeouts.deadline:g}s exceeded before a retry")
-            return False
-        if pause > 0:
-            await asyncio.sleep(pause)
-        self.observer.retry()
-        return True
-
-    def _spend(self, plan: ForwardPlan, what: str) -> bool:
-        if self.budget.try_spend():
-            return True
-        plan.notes.append(f"retry budget exhausted: no {what} (at most "
-                          f"{plan.retry.budget_ratio:.0%} of requests + "
-                          f"{plan.retry.budget_floor:g}/s may be retried or hedged)")
-        return False
-
-    def _hedge_due(self, plan: ForwardPlan, running: RunningTasks,
-                   order: list[UpstreamTarget], tries: dict[str, int],
-                   not_here: set[str]) -> float | None:
-        """When (monotonic) a hedge is due, or None when this request must not hedge."""
-        hedge = plan.hedge
-        if (not hedge.enabled or plan.kind not in hedge.kinds or len(running) != 1
-                or not self._candidates(order, tries, not_here, running)):
-            return None
-        [run] = running.values()
-        p = self._stats(run.target).percentile(hedge.percentile, hedge.min_samples)
-        if p is None:
-            return None
-        return run.started + max(p, hedge.min_delay)
 
     def _stats(self, target: UpstreamTarget) -> UpstreamStats:
         return self._registry.get(target.name, target.base_url)
