@@ -208,7 +208,13 @@ class AttemptSchedule:
 
     def hedge(self) -> UpstreamTarget | None:
         """The wait ended with nothing done before the deadline: the one hedge of this
-        request goes to the next candidate, if there is one and the budget pays."""
+        request goes to the next candidate, if one is due, there is a candidate and the
+        budget pays. A wait that ended before the hedge was due (event-loop timers may
+        fire a millisecond early), or with no hedge to make at all (hedging off, a zip),
+        sends nothing: the caller waits again."""
+        due = self.hedge_at()
+        if due is None or self._clock() < due:
+            return None
         self.hedged = True
         candidates = self.candidates()[:1]
         if candidates and self.may_spend("hedge"):

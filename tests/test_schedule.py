@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from router.budget import RetryBudget
 from router.config import Hedge, Retry
 from router.schedule import AttemptSchedule, full_jitter
@@ -250,6 +252,29 @@ async def test_one_hedge_per_request_to_the_next_candidate() -> None:
     assert schedule.hedge_at() is None                     # not for the retry either
 
 
+def test_a_wait_that_ends_early_or_with_no_hedge_due_sends_none_and_spends_nothing() -> None:
+    """Timers may fire a millisecond early: ending the wait is not a reason to hedge."""
+    clock = FakeTime()
+    budget = _budget(10)
+    schedule, stats = _schedule(clock, kind="zip", budget=budget)     # zips do not hedge
+    _warm(stats["a"], 0.1)
+    schedule.launch(schedule.order[0])
+    clock.now = START + 9.999                      # just before the deadline
+    assert schedule.hedge() is None and budget.spent == 0
+    clock = FakeTime()
+    schedule, stats = _schedule(clock, budget=budget)
+    _warm(stats["a"], 0.1)
+    schedule.launch(schedule.order[0])
+    due = schedule.hedge_at()
+    assert due is not None
+    clock.now = due - 0.001                        # the timer fired a millisecond early
+    assert schedule.hedge() is None and budget.spent == 0
+    assert schedule.wait() == pytest.approx(0.001)   # the caller waits out the rest
+    clock.now = due
+    hedge = schedule.hedge()
+    assert hedge is not None and hedge.name == "b" and budget.spent == 1
+
+
 async def test_budget_exhaustion_stops_retries_and_hedges() -> None:
     clock = FakeTime()
     notes: list[str] = []
@@ -262,7 +287,8 @@ async def test_budget_exhaustion_stops_retries_and_hedges() -> None:
     _warm(stats["b"], 0.1)
     schedule.launch(schedule.order[1])
     assert schedule.hedge_at() == START + 0.1
-    assert schedule.hedge() is None
+    clock.now = START + 0.1
+    assert schedule.hedge() is None                        # due, but the budget refuses
     assert schedule.hedge_at() is None                     # and no second chance
     # The words come from the route's retry settings (the defaults here).
     assert notes == [f"retry budget exhausted: no {what} (at most 20% of requests + 10/s "
