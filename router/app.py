@@ -1,7 +1,8 @@
 """The aiohttp application: request id, access log, and the GOPROXY request flow.
 
 parse the path -> find the route -> check access -> cache -> rank -> forward
-to the route's upstreams. Every refusal is a short text/plain answer that
+to the route's upstreams. Ranking (GeoIP, scoring, the ForwardPlan) is done
+only on a miss: the cache calls `plan_for_miss`. Every refusal is a short text/plain answer that
 the go command prints to the developer; nothing invalid is ever forwarded.
 
 Two lifetimes: an `Edge` lives as long as the process (upstream client, live
@@ -27,7 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from router import __version__
 from router.admin import AdminPolicy
-from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache
+from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache, Lookup
 from router.budget import RetryBudget
 from router.compat import ServerHandler, swap_request_handler
 from router.config import Config
@@ -276,26 +277,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
     assert route is not None
     request["version"] = req.version
     request["kind"] = req.kind.value
-    ctx = state.context(route.name, req.module, req.kind.value, request["client_ip"])
-    request["country"] = ctx.country
-    ranking = state.rank(ctx)
-    plan = ForwardPlan(
-        request_id=request["request_id"],
-        route=route.name,
-        what=_describe(req),
-        path=req.upstream_path(),
-        method=request.method,
-        targets=ranking.targets(),
-        timeouts=route.timeouts,
-        kind=req.kind.value,
-        module=req.module,
-        version=req.version,
-        expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
-        retry=route.retry,
-        hedge=route.hedge,
-    )
-    request["plan"] = plan
-    response = await edge.cache.serve(request, req, plan, state.forwarder)
+    path = req.upstream_path()
+
+    def plan_for_miss() -> ForwardPlan:
+        """Rank the route's upstreams for this client and plan the fetch: a miss only."""
+        ctx = state.context(route.name, req.module, req.kind.value, request["client_ip"])
+        request["country"] = ctx.country
+        plan = ForwardPlan(
+            request_id=request["request_id"],
+            route=route.name,
+            what=_describe(req),
+            path=path,
+            method=request.method,
+            targets=state.rank(ctx).targets(),
+            timeouts=route.timeouts,
+            kind=req.kind.value,
+            module=req.module,
+            version=req.version,
+            expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
+            retry=route.retry,
+            hedge=route.hedge,
+        )
+        request["plan"] = plan
+        return plan
+
+    lookup = Lookup(route.name, path, route.timeouts.send, plan_for_miss)
+    response = await edge.cache.serve(request, req, lookup, state.forwarder)
     if response.status == 200:
         edge.keep_hit(request, route, req)
     return response
@@ -454,14 +461,25 @@ def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> 
     if not _is_admin_path(request.path) and request.path not in ("/healthz", "/readyz"):
         edge.metrics.requests.labels(request.get("route") or "-", request.get("kind") or "invalid",
                                      str(status), cache or "none").inc()
+    if not log.isEnabledFor(logging.INFO):
+        return
     log_event(log, logging.INFO, "request",
               request_id=request["request_id"], client=str(request.get("client_ip")),
-              country=request.get("country"), method=request.method, path=request.path,
+              country=_country(request, cache), method=request.method, path=request.path,
               route=request.get("route"), module=request.get("module"),
               version=request.get("version"), kind=request.get("kind"),
               upstream=ok[-1].upstream if ok else None,
               attempts=len(attempts),
               cache=cache, status=status, bytes=request.get("bytes"), elapsed=round(elapsed, 4))
+
+
+def _country(request: web.Request, cache: str | None) -> str | None:
+    """The client's country for the log line: a miss looked it up to rank; a hit through
+    the full flow looks it up only here, when the line is written (cached per address)."""
+    country: str | None = request.get("country")
+    if country is None and cache is not None and "plan" not in request:
+        country = request["state"].geo.lookup(request.get("client_ip")).country
+    return country
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
