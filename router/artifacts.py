@@ -52,6 +52,7 @@ from router.cache import (
     NegativeAnswer,
 )
 from router.config import Cache
+from router.exchange import EXCHANGE
 from router.filesend import BufferPool, SendfileResponse
 from router.forward import (
     ClientSink,
@@ -294,7 +295,7 @@ class ArtifactCache:
                 response = web.Response(status=304, headers=headers)
             else:
                 response = web.Response(body=entry.data, headers=headers)
-                request["memory_entry"] = entry      # the app may keep it for the thin path
+                request[EXCHANGE].memory_entry = entry   # the app may keep it for the thin path
             response.etag = entry.etag
             response.last_modified = entry.mtime
             return response
@@ -407,7 +408,7 @@ def _delivered(plan: ForwardPlan, fetched: Fetched) -> bool:
 
 def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:
     """Note what the client is told (X-Goproxy-Cache) for the log line and the counters."""
-    request["cache"] = state
+    request[EXCHANGE].cache = state
     cache.answers[state] += 1
 
 
