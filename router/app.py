@@ -1,7 +1,8 @@
 """The aiohttp application: request id, access log, and the GOPROXY request flow.
 
 parse the path -> find the route -> check access -> cache -> rank -> forward
-to the route's upstreams. Every refusal is a short text/plain answer that
+to the route's upstreams. Ranking (GeoIP, scoring, the ForwardPlan) is done
+only on a miss: the cache calls `plan_for_miss`. Every refusal is a short text/plain answer that
 the go command prints to the developer; nothing invalid is ever forwarded.
 
 Two lifetimes: an `Edge` lives as long as the process (upstream client, live
@@ -25,19 +26,19 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from router import __version__
+from router import __version__, accesslog
 from router.admin import AdminPolicy
-from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache
+from router.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache, Lookup
 from router.budget import RetryBudget
 from router.compat import ServerHandler, swap_request_handler
 from router.config import Config
+from router.exchange import EXCHANGE, Exchange
 from router.forward import AttemptObserver, Forwarder, ForwardPlan, text_response
 from router.geo import GeoDatabase, IPAddress, parse_ip
 from router.hits import (
     HitTable,
     KeptHit,
     RenderedResponse,
-    access_line,
     hit_response,
     is_plain_get,
 )
@@ -55,7 +56,7 @@ from router.sumdb import SumdbProxy
 from router.throttle import AuthThrottle
 from router.upstream import UpstreamClient, UpstreamTarget
 
-log = logging.getLogger("router.access")
+log = accesslog.log
 errors_log = logging.getLogger("router.app")
 
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -154,9 +155,10 @@ class Edge:
 
     def keep_hit(self, request: web.Request, route: CompiledRoute, req: ModuleRequest) -> None:
         """Remember a plain GET's answer from the memory tier for the thin path (public routes)."""
-        entry = request.get("memory_entry")
-        if (entry is None or route.access is not None or request.get("cache") != "hit"
-                or not is_plain_get(request) or request["state"] is not self.state):
+        exchange = request[EXCHANGE]
+        entry = exchange.memory_entry
+        if (entry is None or route.access is not None or exchange.cache != "hit"
+                or not is_plain_get(request) or exchange.state is not self.state):
             return
         kind = req.kind.value
         self.hits.keep(request.raw_path, entry, content_type=CONTENT_TYPES[kind],
@@ -180,11 +182,11 @@ class Edge:
                   else peer.json)
         elapsed = time.monotonic() - started
         if sink is not None:
-            sink.write(access_line(self._clock.now(), self._pid, request_id, client, hit, elapsed))
+            sink.write(accesslog.line(self._clock.now(), self._pid, request_id, client,
+                                      hit.log_fields, elapsed))
         else:                        # someone else listens too (e.g. a test's log capture)
-            log_event(log, logging.INFO, "request", request_id=request_id,
-                      client=json.loads(client), **json.loads("{" + hit.log_fields + "}"),
-                      elapsed=round(elapsed, 4))
+            accesslog.emit(request_id, json.loads(client),
+                           json.loads("{" + hit.log_fields + "}"), elapsed)
         return response
 
     async def cache_write_problem(self) -> str | None:
@@ -245,7 +247,8 @@ def _describe(req: ModuleRequest) -> str:
 async def handle(request: web.Request) -> web.StreamResponse:
     """Everything that is not a fixed endpoint: a GOPROXY or /sumdb/ path."""
     edge = request.app[EDGE]
-    state = request["state"]
+    exchange = request[EXCHANGE]
+    state = exchange.state
     if request.method not in ALLOWED_METHODS:
         return text_response(405, f"goproxy-router: method {request.method} not allowed; "
                                   "the module proxy protocol is read-only (GET, HEAD)\n",
@@ -254,48 +257,54 @@ async def handle(request: web.Request) -> web.StreamResponse:
         req = parse(request.raw_path.split("?", 1)[0])
     except ProtocolError as exc:
         return text_response(exc.status, f"goproxy-router: {exc.reason}\n")
-    request["module"] = req.module
+    exchange.module = req.module
     route: CompiledRoute | None = None
     if req.module is not None:
         route = state.routes.match(req.module)
         if route is None:
             return text_response(404, f"goproxy-router: no route in routes.yaml matches "
                                       f"module {req.module}\n")
-        request["route"] = route.name
+        exchange.route = route.name
         if route.access is not None:
-            request["private"] = True           # every answer from here on: see _on_prepare
+            exchange.private = True             # every answer from here on: see _on_prepare
             try:
-                route.access.check(request["client_ip"], request.headers.get("Authorization"),
+                route.access.check(exchange.client_ip, request.headers.get("Authorization"),
                                    edge.auth_throttle)
             except AccessDenied as exc:
                 return text_response(exc.status, f"goproxy-router: {exc.reason}\n",
                                      exc.headers(f"goproxy-router {route.name}"))
     if isinstance(req, SumdbRequest):
-        request["kind"] = "sumdb"
-        return await state.sumdb.handle(request, req, route, request["request_id"])
+        exchange.kind = "sumdb"
+        return await state.sumdb.handle(request, req, route, exchange.request_id)
     assert route is not None
-    request["version"] = req.version
-    request["kind"] = req.kind.value
-    ctx = state.context(route.name, req.module, req.kind, request["client_ip"])
-    request["country"] = ctx.country
-    ranking = state.rank(ctx)
-    plan = ForwardPlan(
-        request_id=request["request_id"],
-        route=route.name,
-        what=_describe(req),
-        path=req.upstream_path(),
-        method=request.method,
-        targets=ranking.targets(),
-        timeouts=route.timeouts,
-        kind=req.kind.value,
-        module=req.module,
-        version=req.version,
-        expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
-        retry=route.retry,
-        hedge=route.hedge,
-    )
-    request["plan"] = plan
-    response = await edge.cache.serve(request, req, plan, state.forwarder)
+    exchange.version = req.version
+    exchange.kind = req.kind.value
+    path = req.upstream_path()
+
+    def plan_for_miss() -> ForwardPlan:
+        """Rank the route's upstreams for this client and plan the fetch: a miss only."""
+        ctx = state.context(route.name, req.module, req.kind, exchange.client_ip)
+        exchange.country = ctx.country
+        plan = ForwardPlan(
+            request_id=exchange.request_id,
+            route=route.name,
+            what=_describe(req),
+            path=path,
+            method=request.method,
+            targets=state.rank(ctx).targets(),
+            timeouts=route.timeouts,
+            kind=req.kind.value,
+            module=req.module,
+            version=req.version,
+            expected_version=req.version if req.kind is Kind.INFO and req.immutable else None,
+            retry=route.retry,
+            hedge=route.hedge,
+        )
+        exchange.plan = plan
+        return plan
+
+    lookup = Lookup(route.name, path, route.timeouts.send, plan_for_miss)
+    response = await edge.cache.serve(request, req, lookup, state.forwarder)
     if response.status == 200:
         edge.keep_hit(request, route, req)
     return response
@@ -351,10 +360,11 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def explain_endpoint(request: web.Request) -> web.Response:
     """GET /_router/explain?module=M[&client_ip=IP] (JSON); default client: the caller."""
-    state = request["state"]
+    exchange = request[EXCHANGE]
+    state = exchange.state
     module = request.query.get("module", "")
     raw_ip = request.query.get("client_ip")
-    client_ip = parse_ip(raw_ip) if raw_ip else request["client_ip"]
+    client_ip = parse_ip(raw_ip) if raw_ip else exchange.client_ip
     if raw_ip and client_ip is None:
         return web.json_response({"error": f"client_ip {raw_ip!r} is not an IP address"},
                                  status=400)
@@ -373,15 +383,14 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     edge = request.app[EDGE]
     state = edge.state
     peer = _peer(request, state.peers)
-    request["state"] = state                    # this request's config, even across a reload
-    request["client_ip"] = state.peers.client(peer, request.headers)
-    request["request_id"] = edge.request_ids.choose(request.headers.get("X-Request-Id"),
-                                                    peer.trusted)
+    exchange = request[EXCHANGE] = Exchange(
+        state=state, client_ip=state.peers.client(peer, request.headers),
+        request_id=edge.request_ids.choose(request.headers.get("X-Request-Id"), peer.trusted))
     status = 500
     try:
         if _is_admin_path(request.path):
             try:
-                edge.admin.check(request["client_ip"], request.headers.get("Authorization"),
+                edge.admin.check(exchange.client_ip, request.headers.get("Authorization"),
                                  edge.auth_throttle)
             except AccessDenied as exc:
                 status = exc.status
@@ -389,19 +398,19 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
                                      exc.headers("goproxy-router operator endpoints"))
         response = await handler(request)
         status = response.status
-        request["bytes"] = _body_size(response)
+        exchange.bytes = _body_size(response)
         return response
     except web.HTTPException as exc:
         status = exc.status
         raise
     except Exception:
         errors_log.exception("unhandled error", extra={"fields": {
-            "request_id": request["request_id"], "path": request.path}})
+            "request_id": exchange.request_id, "path": request.path}})
         response = text_response(500, f"goproxy-router: internal error "
-                                      f"(request {request['request_id']})\n")
+                                      f"(request {exchange.request_id})\n")
         return response
     finally:
-        _finished(edge, request, status, time.monotonic() - started)
+        _finished(edge, request, exchange, status, time.monotonic() - started)
 
 
 def _peer(request: web.BaseRequest, peers: PeerBook) -> Peer:
@@ -445,23 +454,30 @@ def _is_admin_path(path: str) -> bool:
     return path.startswith("/_router/") or path == "/metrics"
 
 
-def _finished(edge: Edge, request: web.Request, status: int, elapsed: float) -> None:
-    """One access log line and the request metrics."""
-    plan: ForwardPlan | None = request.get("plan")
-    attempts = plan.attempts if plan else []
-    ok = [a for a in attempts if a.outcome.value == "ok"]
-    cache = request.get("cache")
-    if not _is_admin_path(request.path) and request.path not in ("/healthz", "/readyz"):
-        edge.metrics.requests.labels(request.get("route") or "-", request.get("kind") or "invalid",
-                                     str(status), cache or "none").inc()
-    log_event(log, logging.INFO, "request",
-              request_id=request["request_id"], client=str(request.get("client_ip")),
-              country=request.get("country"), method=request.method, path=request.path,
-              route=request.get("route"), module=request.get("module"),
-              version=request.get("version"), kind=request.get("kind"),
-              upstream=ok[-1].upstream if ok else None,
-              attempts=len(attempts),
-              cache=cache, status=status, bytes=request.get("bytes"), elapsed=round(elapsed, 4))
+def _finished(edge: Edge, request: web.Request, exchange: Exchange, status: int,
+              elapsed: float) -> None:
+    """One access log line and the request metrics (router/accesslog.py: the schema)."""
+    counted = not _is_admin_path(request.path) and request.path not in ("/healthz", "/readyz")
+    logged = log.isEnabledFor(logging.INFO)
+    if not (counted or logged):
+        return
+    entry = accesslog.fields(
+        method=request.method, path=request.path, status=status, route=exchange.route,
+        module=exchange.module, version=exchange.version, kind=exchange.kind,
+        country=_country(exchange) if logged else None, upstream=exchange.upstream,
+        attempts=exchange.attempts, cache=exchange.cache, bytes=exchange.bytes)
+    if counted:
+        edge.metrics.requests.labels(*accesslog.labels(entry)).inc()
+    if logged:
+        accesslog.emit(exchange.request_id, str(exchange.client_ip), entry, elapsed)
+
+
+def _country(exchange: Exchange) -> str | None:
+    """The client's country for the log line: a miss looked it up to rank; a hit through
+    the full flow looks it up only here, when the line is written (cached per address)."""
+    if exchange.country is None and exchange.cache is not None and exchange.plan is None:
+        return exchange.state.geo.lookup(exchange.client_ip).country
+    return exchange.country
 
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -473,11 +489,11 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     later too, so none can be left public by a path that forgot. The thin
     path (router/hits.py) does not pass here; it keeps public answers only.
     """
-    request_id = request.get("request_id")
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
+    exchange = request.get(EXCHANGE)
+    if exchange is not None and exchange.request_id:
+        response.headers["X-Request-Id"] = exchange.request_id
     response.headers["Server"] = SERVER
-    if request.get("private"):
+    if exchange is not None and exchange.private:
         make_private(response.headers, response.status)
 
 

@@ -33,6 +33,7 @@ import shutil
 import time
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from router.cache import (
     NegativeAnswer,
 )
 from router.config import Cache
+from router.exchange import EXCHANGE
 from router.filesend import BufferPool, SendfileResponse
 from router.forward import (
     ClientSink,
@@ -70,6 +72,21 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 CONTENT_TYPES = {"info": "application/json", "mod": "text/plain; charset=utf-8",
                  "zip": "application/zip", "list": "text/plain; charset=utf-8",
                  "latest": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the cache needs to answer from what it holds: no ranking, no forwarding plan.
+
+    ``plan_for_miss`` ranks the route's upstreams (GeoIP, scoring) and builds
+    the ForwardPlan; the cache calls it only on a miss, so a hit never pays
+    for ranking.
+    """
+
+    route: str
+    path: str                      # the escaped upstream path: the key within the route
+    send_timeout: float
+    plan_for_miss: Callable[[], ForwardPlan]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,28 +163,29 @@ class ArtifactCache:
         await self.disk.drain()
         self.disk.close()
 
-    async def serve(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
+    async def serve(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
                     forwarder: Forwarder) -> web.StreamResponse:
         if req.immutable:
-            return await self._immutable(request, req, plan, forwarder)
-        return await self._metadata(request, req, plan, forwarder)
+            return await self._immutable(request, req, lookup, forwarder)
+        return await self._metadata(request, req, lookup, forwarder)
 
     # -- immutable artifacts -------------------------------------------------------
 
-    async def _immutable(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
+    async def _immutable(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
                          forwarder: Forwarder) -> web.StreamResponse:
         module, version, ext = req.module, req.version or "", req.kind.value
         entry = self.disk.get(module, version, ext)
         if entry is not None:
-            response = await self._send_entry(request, entry, "hit", None, plan.timeouts.send)
+            response = await self._send_entry(request, entry, "hit", None, lookup.send_timeout)
             if response is not None:               # else it vanished meanwhile: fetch again
                 _answered(self, request, "hit")
                 return response
-        negative = self.meta.get_negative((plan.route, plan.path))
+        negative = self.meta.get_negative((lookup.route, lookup.path))
         if negative is not None:
             _answered(self, request, "hit")
             return _negative_response(negative)
         _answered(self, request, "miss")
+        plan = lookup.plan_for_miss()
         plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
         if request.method == "HEAD":                 # no body to keep: just ask upstream
             return await forwarder.forward(request, plan)
@@ -277,7 +295,7 @@ class ArtifactCache:
                 response = web.Response(status=304, headers=headers)
             else:
                 response = web.Response(body=entry.data, headers=headers)
-                request["memory_entry"] = entry      # the app may keep it for the thin path
+                request[EXCHANGE].memory_entry = entry   # the app may keep it for the thin path
             response.etag = entry.etag
             response.last_modified = entry.mtime
             return response
@@ -293,9 +311,9 @@ class ArtifactCache:
 
     # -- metadata --------------------------------------------------------------------
 
-    async def _metadata(self, request: web.Request, req: ModuleRequest, plan: ForwardPlan,
+    async def _metadata(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
                         forwarder: Forwarder) -> web.StreamResponse:
-        key = (plan.route, plan.path)
+        key = (lookup.route, lookup.path)
         fresh = self.meta.get_fresh(key)
         if fresh is not None:
             _answered(self, request, "hit")
@@ -304,6 +322,7 @@ class ArtifactCache:
         if negative is not None:
             _answered(self, request, "hit")
             return _negative_response(negative)
+        plan = lookup.plan_for_miss()
         plan.method = "GET"                     # HEAD is answered from a whole GET
         result = await self._fills.run(("meta", *key), lambda: self._fetch_meta(plan, forwarder))
         if isinstance(result, MetaAnswer):
@@ -389,7 +408,7 @@ def _delivered(plan: ForwardPlan, fetched: Fetched) -> bool:
 
 def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:
     """Note what the client is told (X-Goproxy-Cache) for the log line and the counters."""
-    request["cache"] = state
+    request[EXCHANGE].cache = state
     cache.answers[state] += 1
 
 

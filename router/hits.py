@@ -28,7 +28,6 @@ path elsewhere.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -38,6 +37,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
+from router import accesslog
 from router.cache import CacheEntry
 
 
@@ -48,8 +48,8 @@ class KeptHit:
     body: bytes
     headers: CIMultiDict[str]    # every response header but X-Request-Id (and Date)
     head: bytes                  # the status line and those headers, Content-Length too
-    log_fields: str              # the access-log fields after "client", as JSON text
-    labels: tuple[str, str, str, str]   # its goproxy_requests labels
+    log_fields: str              # the access-log fields after "client": accesslog.prefix
+    labels: accesslog.Labels     # its goproxy_requests labels
 
 
 class HitTable:
@@ -92,19 +92,18 @@ class HitTable:
             "Last-Modified": _http_date(entry.mtime),
             "Server": server,
         })
-        log_fields = json.dumps({
-            "country": None, "method": "GET", "path": raw_path, "route": route,
-            "module": module, "version": version, "kind": kind, "upstream": None,
-            "attempts": 0, "cache": "hit", "status": 200, "bytes": len(body),
-        }, separators=(",", ":"))[1:-1]
+        # No country: the thin path looks nothing up (router/accesslog.py has the schema).
+        entry_fields = accesslog.fields(method="GET", path=raw_path, status=200, route=route,
+                                        module=module, version=version, kind=kind,
+                                        cache="hit", bytes=len(body))
         self._drop(raw_path)
         while self._kept and self.size + len(body) > self.max_bytes:
             self._drop(next(iter(self._kept)))
         head = "".join(["HTTP/1.1 200 OK\r\n",
                         *(f"{name}: {value}\r\n" for name, value in headers.items()),
                         f"Content-Length: {len(body)}\r\n"]).encode("latin-1")
-        self._kept[raw_path] = KeptHit(body, headers, head, log_fields,
-                                       (route, kind, "200", "hit"))
+        self._kept[raw_path] = KeptHit(body, headers, head, accesslog.prefix(entry_fields),
+                                       accesslog.labels(entry_fields))
         self.size += len(body)
 
     def clear(self) -> None:
@@ -203,12 +202,3 @@ class _HttpDate:
 
 
 _DATE = _HttpDate()
-
-
-def access_line(clock_now: str, pid: int, request_id: str, client_json: str, hit: KeptHit,
-                elapsed: float) -> str:
-    """The access-log line of a kept hit, exactly as JsonFormatter renders the full flow's."""
-    return (f'{{"ts":"{clock_now}","level":"info","logger":"router.access","pid":{pid},'
-            f'"event":"request","request_id":"{request_id}","client":{client_json},'
-            f'{hit.log_fields},"elapsed":{round(elapsed, 4)!r}}}\n')
-

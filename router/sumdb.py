@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from router.config import Hedge, SumDB, Timeouts
+from router.exchange import EXCHANGE
 from router.forward import Forwarder, ForwardPlan, text_response
 from router.protocol import SumdbRequest
 from router.routes import CompiledRoute
@@ -52,5 +53,5 @@ class SumdbProxy:
             timeouts=self._timeouts,
             hedge=Hedge(enabled=False),
         )
-        request["plan"] = plan
+        request[EXCHANGE].plan = plan
         return await self._forwarder.forward(request, plan)

@@ -13,7 +13,8 @@
   and the next process serves the right bytes from the same directory;
 * Range and conditional requests on cached artifacts (sendfile and memory tier);
 * a private artifact is never served from cache to a client the route refuses;
-* HEAD on a hit and on a miss.
+* HEAD on a hit and on a miss;
+* cache before ranking: a hit through the full flow neither ranks nor plans.
 
 Upstreams are FakeProxy instances whose request logs count exactly what the
 router asked (probes off, config-order failover). Every wait is bounded.
@@ -25,9 +26,11 @@ import asyncio
 import base64
 import hashlib
 import http.client
+import logging
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
@@ -41,9 +44,12 @@ from multidict import CIMultiDict
 
 from router.app import EDGE
 from router.config import parse_config
+from router.geo import GeoDatabase
+from router.scoring import Engine
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Faults, Module, ModuleTree, ThreadedFakeProxy, case_escape
 from tests.support.http import MakeEdge, MakeFake
+from tests.support.mmdb import write_country_db
 
 KiB, MiB = 1 << 10, 1 << 20
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -682,3 +688,63 @@ async def test_head_on_a_miss_and_on_a_hit(
     # A HEAD for something nobody has: 404, and still a miss (no body to remember).
     gone = await ask(client, "/example.com/big/@v/v9.9.9.zip", method="HEAD")
     assert gone.status == 404 and gone.body == b""
+
+
+# -- cache before ranking -----------------------------------------------------------------
+
+
+async def test_a_hit_through_the_full_flow_does_not_rank_yet_logs_the_country(
+        tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranking (scoring, the forward plan) happens on a miss only; a hit looks the client's
+    country up for its access-log line alone, and not at all when that line is off."""
+    calls: Counter[str] = Counter()
+    rank, lookup = Engine.rank, GeoDatabase.lookup
+
+    def counted_rank(self: Engine, *args: Any) -> Any:
+        calls["rank"] += 1
+        return rank(self, *args)
+
+    def counted_lookup(self: GeoDatabase, *args: Any) -> Any:
+        calls["lookup"] += 1
+        return lookup(self, *args)
+
+    monkeypatch.setattr(Engine, "rank", counted_rank)
+    monkeypatch.setattr(GeoDatabase, "lookup", counted_lookup)
+    geo_db = tmp_path / "geo.mmdb"
+    write_country_db(geo_db, {"5.144.0.0/14": "DE"})
+    up = await fake_proxy(ModuleTree([BIG]), name="up")
+    cfg = config(tmp_path, {"up": up.url})
+    cfg["geoip"] = {"database": str(geo_db), "trusted_proxies": ["127.0.0.0/8"]}
+    client = await edge(cfg)
+    from_de = {"X-Forwarded-For": "5.144.1.1"}
+    caplog.set_level(logging.INFO, logger="router.access")
+
+    async def logged(request_id: str) -> dict[str, Any]:
+        """The request's access-log line (written once the handler is done: wait, bounded)."""
+        deadline = time.monotonic() + 5
+        while not (lines := [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                             if r.name == "router.access" and r.fields["request_id"] == request_id]):
+            assert time.monotonic() < deadline, f"no access-log line for {request_id}"
+            await asyncio.sleep(0.01)
+        [line] = lines
+        return dict(line)
+
+    # zip: sendfile; .info: memory tier (its first hit still takes the full flow); list: metadata.
+    for path in (paths(BIG)["zip"], paths(BIG)["info"], "/example.com/big/@v/list"):
+        for want, ranked in (("miss", 1), ("hit", 0)):
+            calls.clear()
+            got = await ask(client, path, headers=from_de)
+            assert (got.status, got.cache) == (200, want), (path, got.headers)
+            assert calls["rank"] == ranked, (path, want, calls)
+            assert calls["lookup"] == 1, (path, want, calls)   # to rank, or for the log line
+            line = await logged(got.headers["X-Request-Id"])
+            assert (line["cache"], line["country"]) == (want, "DE"), line
+            assert line["attempts"] == ranked and line["upstream"] == ("up" if ranked else None)
+
+    caplog.set_level(logging.WARNING, logger="router.access")   # no access log: no lookup
+    calls.clear()
+    got = await ask(client, paths(BIG)["zip"], headers=from_de)
+    assert (got.status, got.cache) == (200, "hit")
+    assert calls == Counter(), calls
+    assert asked(up, paths(BIG)["zip"]) == 1

@@ -8,6 +8,8 @@
 * counters and the access-log line: in-process (log capture, the fallback)
   and from a real `serve` process (the line written by hand), which must
   have exactly the full flow's fields in the same order;
+* one schema (router/accesslog.py) builds both paths' fields and labels, and
+  its line renderer writes exactly what JsonFormatter writes;
 * X-Forwarded-For and X-Request-Id only from trusted proxies;
 * HitTable bounds, LineSink batching and order, Clock, RequestIds.
 """
@@ -33,6 +35,7 @@ import yaml
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import accesslog
 from router.cache import CacheEntry
 from router.config import parse_config
 from router.hits import HitTable, RenderedResponse
@@ -211,6 +214,67 @@ async def test_thin_hits_are_counted_and_logged_like_full_ones(
     assert counts[tuple(sorted({**labels, "cache": "hit"}.items()))] == 4
     assert counts[tuple(sorted({**labels, "cache": "miss"}.items()))] == 1
     assert edge_of(client).cache.info()["hits"] == 4
+
+
+async def test_thin_and_full_lines_and_labels_come_from_one_schema(
+        tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Change the schema's fields and labels: the full flow's and the thin path's lines and
+    counters all change with it, so neither path has a copy of its own."""
+    fields, labels = accesslog.fields, accesslog.labels
+
+    def marked_fields(**values: Any) -> dict[str, Any]:
+        return {**fields(**values), "schema": "marked"}
+
+    def marked_labels(entry: dict[str, Any]) -> accesslog.Labels:
+        route, kind, status, cache = labels(entry)
+        return f"{route}-marked", kind, status, cache
+
+    monkeypatch.setattr(accesslog, "fields", marked_fields)
+    monkeypatch.setattr(accesslog, "labels", marked_labels)
+    caplog.set_level(logging.INFO, logger="router.access")
+    up = await fake_proxy(ModuleTree([MOD]), name="up")
+    client = await edge(config(tmp_path, {"up": up.url}))
+    for _ in range(3):
+        assert (await ask(client, INFO)).status == 200
+    assert len(edge_of(client).hits) == 1
+    lines = [dict(r.fields) for r in caplog.records
+             if r.name == "router.access" and r.getMessage() == "request"]
+    assert [(line["cache"], line["schema"]) for line in lines] == [
+        ("miss", "marked"), ("hit", "marked"), ("hit", "marked")]
+    assert list(lines[2]) == list(lines[1])            # the thin line: the same fields, in order
+
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    counts = {(s.labels["route"], s.labels["cache"]): s.value
+              for f in text_string_to_metric_families(text) if f.name == "goproxy_requests"
+              for s in f.samples if s.name == "goproxy_requests_total"}
+    assert counts == {("public-marked", "miss"): 1, ("public-marked", "hit"): 2}, counts
+
+
+def test_the_thin_line_renderer_writes_what_json_formatter_writes() -> None:
+    """accesslog.line (the thin path's direct write) against the full flow's emit, byte for byte."""
+    entry = accesslog.fields(method="GET", path=INFO, status=200, route="public",
+                             module=MOD.path, version=MOD.version, kind="info", cache="hit",
+                             bytes=len(MOD.info))
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("router.access")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        accesslog.emit("rid-1", "5.144.1.1", entry, 0.012345)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    [record] = records
+    want = JsonFormatter().format(record) + "\n"
+    got = accesslog.line(json.loads(want)["ts"], record.process or 0, "rid-1",
+                         json.dumps("5.144.1.1"), accesslog.prefix(entry), 0.012345)
+    assert got == want
+    assert list(json.loads(got)) == LOG_KEYS
 
 
 def test_a_serve_process_writes_the_thin_line_with_the_full_lines_fields(
