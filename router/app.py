@@ -497,7 +497,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         make_private(response.headers, response.status)
 
 
-class RequestErrorLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class RequestErrorLog(logging.LoggerAdapter):
     """aiohttp's server logger, with a request it could not parse told in one INFO line.
 
     aiohttp answers a malformed request line, method, version or header 400

@@ -220,6 +220,7 @@ class ArtifactCache:
             return self._failed(plan)
         headers = forwarder.answer_headers(plan, fetched)
         writer = self._writer(plan, fetched, module, version, ext)
+        entry: CacheEntry | None
         try:
             if fetched.body is not None:             # already read whole and checked
                 forwarder.note_ok(plan, fetched)
@@ -291,6 +292,7 @@ class ArtifactCache:
         if upstream is not None:
             headers["X-Goproxy-Upstream"] = upstream
         if entry.data is not None and "Range" not in request.headers:
+            response: web.StreamResponse
             if _not_modified(request, entry.etag, entry.mtime):
                 response = web.Response(status=304, headers=headers)
             else:

@@ -340,7 +340,9 @@ class Engine:
                         veto = veto or f"{plugin.name}: {result.reason}"
                         factors.append(result)
                         continue
-                cost *= result
+                # The __class__ test above narrows `result` to float (one comparison on the
+                # hot path; mypy cannot follow it).
+                cost *= result  # type: ignore[operator]
                 factors.append(result)
             (allowed if veto is None else vetoed).append(
                 Scored(candidate, cost, factors, veto, position))

@@ -17,3 +17,12 @@ def test_ruff_is_clean() -> None:
     result = subprocess.run([ruff, "check", "router", "plugins", "examples", "tests", "bench"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_is_clean() -> None:
+    """router/ and plugins/ type-check (settings in pyproject.toml's [tool.mypy])."""
+    mypy = shutil.which("mypy")
+    if mypy is None:
+        pytest.fail("mypy is not installed: pip install -e '.[test]'")
+    result = subprocess.run([mypy], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
