@@ -108,7 +108,6 @@ import dataclasses
 import errno
 import fcntl
 import functools
-import json
 import logging
 import math
 import os
@@ -124,7 +123,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from cachetools import TTLCache
 
-from router.integrity import zip_problem
+from router.integrity import info_problem, zip_problem
 from router.logs import log_event
 from router.protocol import ProtocolError, escape_path, escape_version, is_canonical, unescape_version
 
@@ -1324,14 +1323,9 @@ class CacheWriter:
         if self.ext == "info":
             if size > _INFO_MAX_BYTES:
                 raise CacheIntegrityError(f"{self.key}: {size} bytes is too large for a .info")
-            try:
-                info = json.loads(os.pread(fd, size, 0))
-            except ValueError as e:
-                raise CacheIntegrityError(f"{self.key}: .info is not JSON: {e}") from None
-            got = info.get("Version") if isinstance(info, dict) else None
-            if got != self.version:
-                raise CacheIntegrityError(
-                    f"{self.key}: .info names version {got!r}, not {self.version!r}")
+            problem = info_problem(os.pread(fd, size, 0), self.version)
+            if problem is not None:
+                raise CacheIntegrityError(f"{self.key}: .info: {problem}")
         elif self.ext == "zip":
             # golang.org/x/mod/zip's rules (router/integrity.py): entries under
             # <module>@<version>/, clean paths, no collisions, the size limits.
