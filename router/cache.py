@@ -63,23 +63,15 @@ processes sharing a directory. (Across processes, an eviction racing a
 re-commit of the same artifact can delete the fresh copy; the cost is one
 refetch, never a partial file.)
 
-Blocking I/O, measured on this 2-core machine kind (ext4 on virtio, page
-cache warm): ``os.write`` of a 64 KiB chunk takes ~30 us on average but up to
-~0.6 ms, a 1 MiB write ~0.5-2 ms, fsync of a 50 MiB file ~20-30 ms, and one
-hand-off to a thread and back ~150-200 us of latency (little loop CPU). So
-chunk writes are buffered in memory and each ~1 MiB batch is written by a
-worker thread while the next batch accumulates (double buffering: the loop
-never blocks on the disk and network reads overlap disk writes); at
-``commit`` the final write, the checks and fsync run in one thread hop, the
-rename and directory fsync in another. Those threads belong to the cache
-(a small pool for data, plus one thread for every rename and eviction
-unlink, so an unlink's "still the same inode?" check can never interleave
-with a rename onto that name by this process), so a burst of fsyncs cannot
-queue behind, or in front of, aiohttp's use of the default executor for
-serving files. The few syscalls left on the loop are cheap: ``get()`` reads
-a small (<= 64 KiB) file once before the memory tier holds it, and
-``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
-``admits()`` calls ``statvfs`` at most once a second (``min_free``).
+Blocking I/O stays off the event loop: chunk writes are buffered and each
+~1 MiB batch is written by one of the cache's own threads while the next
+accumulates; at ``commit`` the final write, the checks and fsync take one
+thread hop, the rename and directory fsync another (one thread for every
+rename and eviction unlink). The few syscalls left on the loop are cheap:
+``get()`` reads a small (<= 64 KiB) file once before the memory tier holds
+it, and ``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
+``admits()`` calls ``statvfs`` at most once a second (``min_free``). The
+timings behind this are in docs/ARCHITECTURE.md.
 
 ETag
     Strong, from the stat of the committed file: ``<mtime_ns>-<size>`` (hex),
