@@ -1,4 +1,4 @@
-"""Cache hits (issue 5): router vs nginx proxy_cache vs a bare aiohttp handler, with wrk.
+"""Cache hits: router vs nginx proxy_cache vs a bare aiohttp handler, with wrk.
 
 Run: python bench/bench_cache_hits.py [--rounds 2] [--duration 10] [--zip-mb 50] [--profile DIR]
                                       [--baseline DIR]

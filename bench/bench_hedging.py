@@ -1,4 +1,4 @@
-"""Hedging (issue 4): p99 of .info requests while the fastest upstream hangs on 10 %.
+"""Hedging: p99 of .info requests while the fastest upstream hangs on 10 %.
 
 Run: python bench/bench_hedging.py [--rounds 2] [--profiles wan,lan] [--variant-min-delay 0.005]
                                    [--requests N] [--concurrency C]   (override the profiles')

@@ -1,4 +1,4 @@
-"""Memory while streaming (issue 5): router RSS during 50 concurrent uncached 500 MB zips.
+"""Memory while streaming: router RSS during 50 concurrent uncached 500 MB zips.
 
 Run: python bench/bench_memory.py [--size-mb 500] [--same 50] [--distinct 50] [--rounds 1]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from router.config import Config, ConfigError
+from router.gate import in_networks, token_accepted
 from router.geo import IPAddress, IPNetwork
 from router.routes import AccessDenied, admit, authorization_text
 from router.throttle import AuthThrottle
@@ -41,14 +41,14 @@ class AdminPolicy:
         Only a Bearer token can be right, so only a wrong Bearer token counts as
         a failed guess; from an admin network the token is not looked at.
         """
-        if client is not None and any(client in net for net in self.cidrs):
+        if in_networks(client, self.cidrs):
             return
         if self.token is not None and authorization:
             admit(throttle, client, "admin", SURFACE)
             authorization_text(authorization, SURFACE)
             scheme, _, value = authorization.partition(" ")
             if scheme.lower() == "bearer":
-                if hmac.compare_digest(value.strip().encode(), self.token):
+                if token_accepted(value.strip().encode(), (self.token,)):
                     return
                 if throttle is not None:
                     throttle.failed(client, "admin")

@@ -90,7 +90,7 @@ class Lookup:
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class FailureAnswer:
     """A fill that did not produce an answer; shared by every coalesced requester."""
 
     status: int
@@ -138,7 +138,7 @@ class ArtifactCache:
         self.meta: MetadataCache[MetaAnswer] = MetadataCache(
             ttl=config.metadata_ttl, negative_ttl=config.negative_ttl,
             stale_max_age=config.stale_max_age)
-        self._fills: Coalescer[tuple[str, ...], Filled | Uncached | MetaAnswer | Failure] = Coalescer()
+        self._fills: Coalescer[tuple[str, ...], Filled | Uncached | MetaAnswer | FailureAnswer] = Coalescer()
         self.mismatches = 0
         self._buffers = BufferPool(config.send_buffers) if config.send_buffers else None
         # What clients were told (X-Goproxy-Cache), not internal look-ups.
@@ -209,11 +209,11 @@ class ArtifactCache:
                 return web.Response(body=result.body, headers=result.headers)
             plan.started = time.monotonic()          # its own fetch: a fresh deadline
             return await forwarder.forward(request, plan)
-        assert isinstance(result, Failure)
+        assert isinstance(result, FailureAnswer)
         return text_response(result.status, result.text)
 
     async def _fill(self, plan: ForwardPlan, forwarder: Forwarder, module: str, version: str,
-                    ext: str, sink: ClientSink | None) -> Filled | Uncached | Failure:
+                    ext: str, sink: ClientSink | None) -> Filled | Uncached | FailureAnswer:
         """One upstream fetch into the cache (and, for a zip, to the first requester)."""
         fetched = await forwarder.fetch(plan)
         if fetched is None:
@@ -237,12 +237,12 @@ class ArtifactCache:
         except CacheError as exc:
             if writer is not None:
                 writer.abort()
-            return Failure(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent an "
+            return FailureAnswer(502, f"goproxy-router: {plan.what}: {fetched.target.name} sent an "
                                 f"artifact the cache rejected: {exc}\n")
         if entry is None:
             if _delivered(plan, fetched):            # streamed whole, but the cache kept nothing
                 return Uncached(None, headers)
-            return Failure(502, failure_response(plan).text or "")
+            return FailureAnswer(502, failure_response(plan).text or "")
         if ext in ("zip", "mod"):
             await self._cross_check(module, version, fetched.target.name)
         return Filled(entry, fetched.target.name)
@@ -274,12 +274,12 @@ class ArtifactCache:
             log_event(log, logging.ERROR, "checksum mismatch: the zip's go.mod differs from the .mod",
                       module=module, version=version, upstream=upstream)
 
-    def _failed(self, plan: ForwardPlan) -> Failure:
+    def _failed(self, plan: ForwardPlan) -> FailureAnswer:
         response = failure_response(plan)
         text = response.text or ""
         if response.status == 404:
             self.meta.put_negative((plan.route, plan.path), 404, text.encode())
-        return Failure(response.status, text)
+        return FailureAnswer(response.status, text)
 
     async def _send_entry(self, request: web.Request, entry: CacheEntry, state: str,
                           upstream: str | None,
@@ -330,7 +330,7 @@ class ArtifactCache:
         if isinstance(result, MetaAnswer):
             _answered(self, request, "miss")
             return self._meta_response(request, result, "miss")
-        assert isinstance(result, Failure)
+        assert isinstance(result, FailureAnswer)
         stale = self.meta.get_stale(key) if result.status != 404 else None
         if stale is None and result.status != 404 and plan.kind == "list":
             stale = await self._disk_list(req.module)
@@ -355,7 +355,7 @@ class ArtifactCache:
                             hashlib.blake2b(body, digest_size=8).hexdigest())
         return answer, age
 
-    async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | Failure:
+    async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | FailureAnswer:
         fetched = await forwarder.fetch(plan)
         if fetched is None:
             return self._failed(plan)

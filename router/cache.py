@@ -63,23 +63,15 @@ processes sharing a directory. (Across processes, an eviction racing a
 re-commit of the same artifact can delete the fresh copy; the cost is one
 refetch, never a partial file.)
 
-Blocking I/O, measured on this 2-core machine kind (ext4 on virtio, page
-cache warm): ``os.write`` of a 64 KiB chunk takes ~30 us on average but up to
-~0.6 ms, a 1 MiB write ~0.5-2 ms, fsync of a 50 MiB file ~20-30 ms, and one
-hand-off to a thread and back ~150-200 us of latency (little loop CPU). So
-chunk writes are buffered in memory and each ~1 MiB batch is written by a
-worker thread while the next batch accumulates (double buffering: the loop
-never blocks on the disk and network reads overlap disk writes); at
-``commit`` the final write, the checks and fsync run in one thread hop, the
-rename and directory fsync in another. Those threads belong to the cache
-(a small pool for data, plus one thread for every rename and eviction
-unlink, so an unlink's "still the same inode?" check can never interleave
-with a rename onto that name by this process), so a burst of fsyncs cannot
-queue behind, or in front of, aiohttp's use of the default executor for
-serving files. The few syscalls left on the loop are cheap: ``get()`` reads
-a small (<= 64 KiB) file once before the memory tier holds it, and
-``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
-``admits()`` calls ``statvfs`` at most once a second (``min_free``).
+Blocking I/O stays off the event loop: chunk writes are buffered and each
+~1 MiB batch is written by one of the cache's own threads while the next
+accumulates; at ``commit`` the final write, the checks and fsync take one
+thread hop, the rename and directory fsync another (one thread for every
+rename and eviction unlink). The few syscalls left on the loop are cheap:
+``get()`` reads a small (<= 64 KiB) file once before the memory tier holds
+it, and ``stat``-s once on an index miss; ``abort()`` unlinks a temp file;
+``admits()`` calls ``statvfs`` at most once a second (``min_free``). The
+timings behind this are in docs/ARCHITECTURE.md.
 
 ETag
     Strong, from the stat of the committed file: ``<mtime_ns>-<size>`` (hex),
@@ -108,7 +100,6 @@ import dataclasses
 import errno
 import fcntl
 import functools
-import json
 import logging
 import math
 import os
@@ -124,7 +115,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from cachetools import TTLCache
 
-from router.integrity import zip_problem
+from router.integrity import info_problem, zip_problem
 from router.logs import log_event
 from router.protocol import ProtocolError, escape_path, escape_version, is_canonical, unescape_version
 
@@ -1324,14 +1315,9 @@ class CacheWriter:
         if self.ext == "info":
             if size > _INFO_MAX_BYTES:
                 raise CacheIntegrityError(f"{self.key}: {size} bytes is too large for a .info")
-            try:
-                info = json.loads(os.pread(fd, size, 0))
-            except ValueError as e:
-                raise CacheIntegrityError(f"{self.key}: .info is not JSON: {e}") from None
-            got = info.get("Version") if isinstance(info, dict) else None
-            if got != self.version:
-                raise CacheIntegrityError(
-                    f"{self.key}: .info names version {got!r}, not {self.version!r}")
+            problem = info_problem(os.pread(fd, size, 0), self.version)
+            if problem is not None:
+                raise CacheIntegrityError(f"{self.key}: .info: {problem}")
         elif self.ext == "zip":
             # golang.org/x/mod/zip's rules (router/integrity.py): entries under
             # <module>@<version>/, clean paths, no collisions, the size limits.

@@ -103,8 +103,9 @@ MAX_HEAD = 64 * 1024             # status line + headers we are willing to read
 MAX_BODY = 64 * 1024             # a signed tree head is a few hundred bytes
 TREE_HEAD_PREFIX = "go.sum database tree\n"
 
-Kind = Literal["upstream", "sumdb"]
-Failure = Literal["dns", "refused", "connect", "tls", "timeout", "slow", "http", "protocol"]
+TargetKind = Literal["upstream", "sumdb"]          # what a CheckTarget is
+# how a check failed: the class of a CheckResult's diagnosis
+FailureClass = Literal["dns", "refused", "connect", "tls", "timeout", "slow", "http", "protocol"]
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class Limit:
 class CheckTarget:
     """One URL to check: an upstream or one checksum database URL."""
 
-    kind: Kind
+    kind: TargetKind
     target: UpstreamTarget       # base URL without credentials, headers to send, secrets
     path: str                    # the path fetched, appended to the URL's own path
     routes: tuple[str, ...]
@@ -140,13 +141,13 @@ class CheckTarget:
 class CheckResult:
     """One row of the report. Times are milliseconds; None = not reached / not applicable."""
 
-    kind: Kind
+    kind: TargetKind
     name: str
     url: str
     routes: list[str]
     status: Literal["ok", "fail"]
     diagnosis: str
-    failure: Failure | None = None
+    failure: FailureClass | None = None
     http_status: int | None = None
     path: str = "/"
     address: str | None = None   # the IP:port connected to
@@ -262,7 +263,7 @@ class _Probe:
                                   diagnosis="not checked", path=self.url.raw_path_qs)
         self._writer: asyncio.StreamWriter | None = None
 
-    def fail(self, failure: Failure, diagnosis: str) -> None:
+    def fail(self, failure: FailureClass, diagnosis: str) -> None:
         self.result.status, self.result.failure, self.result.diagnosis = "fail", failure, diagnosis
 
     async def run(self) -> None:

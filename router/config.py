@@ -1,6 +1,6 @@
 """routes.yaml: load, expand ${VAR}, validate, and report errors by key and line.
 
-The schema (DESIGN.md ★) is a contract relied on by outside tests, so every
+The schema is a contract relied on by outside tests, so every
 model forbids unknown keys: a typo must fail loudly at startup rather than
 silently route a private module to the wrong place.
 """

@@ -3,8 +3,8 @@
 Why: aiohttp's ``FileResponse`` sends the body with ``loop.sendfile``, which
 uvloop (what ``goproxy-router serve`` runs on) does not implement; aiohttp
 then silently falls back to 256 KiB reads in the thread pool, each written
-through the transport: about twice nginx's CPU per byte (BENCHMARKS.md,
-issue 5). ``SendfileResponse`` keeps everything of ``FileResponse`` (Range,
+through the transport: about twice nginx's CPU per byte (BENCHMARKS.md).
+``SendfileResponse`` keeps everything of ``FileResponse`` (Range,
 If-Range, conditional requests, 304/412/416, ETag, Last-Modified,
 Content-Length, HEAD, the headers passed in) and replaces only how the body
 goes out, by overriding ``FileResponse._sendfile``:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from cachetools import LRUCache
 from maxminddb import MODE_MEMORY
 
 from router.countries import continent_of
+from router.fileid import FileId, stat_id
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -120,8 +120,7 @@ class Location:
 
 UNKNOWN = Location(None, None)
 
-_FileId = tuple[int, int, int, int]                 # device, inode, size, mtime in ns
-_NO_FILE_YET: _FileId = (-1, -1, -1, -1)            # matches no real file: the first check acts
+_NO_FILE_YET: FileId = (-1, -1, -1, -1)            # matches no real file: the first check acts
 _Query = Callable[[IPAddress], geoip2.models.Country]
 
 CHECK_INTERVAL = 5.0                                # seconds between looks at the file
@@ -131,7 +130,7 @@ CHECK_INTERVAL = 5.0                                # seconds between looks at t
 class _Found:
     """What one look at the file found (made off the loop, applied on it)."""
 
-    file_id: _FileId | None                          # None: missing or unreadable
+    file_id: FileId | None                          # None: missing or unreadable
     reader: geoip2.database.Reader | None = None
     query: _Query | None = None
     error: Exception | None = None
@@ -159,7 +158,7 @@ class GeoDatabase:
         self._check_interval = CHECK_INTERVAL if check_interval is None else check_interval
         self._reader: geoip2.database.Reader | None = None
         self._query: _Query | None = None
-        self._file_id: _FileId | None = _NO_FILE_YET     # as last seen on disk; None: missing
+        self._file_id: FileId | None = _NO_FILE_YET     # as last seen on disk; None: missing
         self._next_check = 0.0
         self._checking: asyncio.Task[None] | None = None
         self._cache: LRUCache[IPAddress, Location] = LRUCache(CACHE_SIZE)
@@ -259,10 +258,10 @@ class GeoDatabase:
         return Location(country, continent.upper() if continent else continent_of(country))
 
 
-def _look(path: str, known: _FileId | None) -> _Found | None:
+def _look(path: str, known: FileId | None) -> _Found | None:
     """The file's identity and, when it differs from `known`, the file opened; None when
     unchanged. Blocking (stat, read): runs in a thread on a live edge. Never raises."""
-    file_id = _file_id(path)
+    file_id = stat_id(path)
     if file_id == known:
         return None
     if file_id is None:
@@ -272,15 +271,6 @@ def _look(path: str, known: _FileId | None) -> _Found | None:
     except Exception as exc:                         # whatever a bad file trips, the edge must not fall
         return _Found(file_id, error=exc)
     return _Found(file_id, reader, query)
-
-
-def _file_id(path: str) -> _FileId | None:
-    """What identifies one version of the file, or None when it cannot be seen."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _open(path: str) -> tuple[geoip2.database.Reader, _Query]:

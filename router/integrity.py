@@ -66,15 +66,7 @@ def judge_small_body(kind: str, data: bytes, expected_version: str | None,
     prefers an upstream whose go.mod declares the path asked for.
     """
     if kind in ("info", "latest"):
-        try:
-            info = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return BodyVerdict("not JSON")
-        version_field = info.get("Version") if isinstance(info, dict) else None
-        if not isinstance(version_field, str) or not version_field:
-            return BodyVerdict("no Version in the JSON")
-        if expected_version is not None and version_field != expected_version:
-            return BodyVerdict(f"Version {version_field!r} is not the requested {expected_version!r}")
+        return BodyVerdict(info_problem(data, expected_version))
     elif kind == "mod":
         if module is None:
             return BodyVerdict(None if data.strip() else "empty go.mod")
@@ -93,6 +85,21 @@ def small_body_problem(kind: str, body: bytes, expected_version: str | None,
                        module: str | None = None, version: str | None = None) -> str | None:
     """Why a list/.info/.mod/@latest body is not a valid answer, or None if it is."""
     return judge_small_body(kind, body, expected_version, module, version).problem
+
+
+def info_problem(data: bytes, expected_version: str | None) -> str | None:
+    """Why a ``.info``/``@latest`` body is not JSON naming a version (`expected_version`
+    when given), or None. The one check of an .info: the forwarder's and the cache's."""
+    try:
+        info = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return "not JSON"
+    version_field = info.get("Version") if isinstance(info, dict) else None
+    if not isinstance(version_field, str) or not version_field:
+        return "no Version in the JSON"
+    if expected_version is not None and version_field != expected_version:
+        return f"Version {version_field!r} is not the requested {expected_version!r}"
+    return None
 
 
 def list_problem(data: bytes) -> str | None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import ipaddress
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 from router.config import Allow, Config, ConfigError, Hedge, Retry, Route, Timeouts
+from router.gate import in_networks, token_accepted
 from router.patterns import PatternTable
 from router.throttle import AuthThrottle, retry_after
 from router.upstream import UpstreamTarget
@@ -128,8 +128,7 @@ class AccessPolicy:
         before its token is compared, and every wrong token is counted.
         """
         route = f"route {self.route}"
-        by_address = bool(self.cidrs) and client_ip is not None and any(
-            client_ip in net for net in self.cidrs)
+        by_address = in_networks(client_ip, self.cidrs)
         if self.cidrs and (by_address != self.require_all or not self.tokens):
             if by_address:
                 return                           # the network is enough (require any)
@@ -140,17 +139,10 @@ class AccessPolicy:
         if token is None:
             raise AccessDenied(401, f"{route} needs credentials: send a token as "
                                     "the password of HTTP Basic auth (.netrc) or as a Bearer token")
-        if not self._token_ok(token):
+        if not token_accepted(token, self.tokens):
             if throttle is not None:
                 throttle.failed(client_ip, "route")
             raise AccessDenied(403, f"{route}: the token presented is not accepted")
-
-    def _token_ok(self, token: bytes) -> bool:
-        # Compare against every token, in constant time per token.
-        ok = False
-        for candidate in self.tokens:
-            ok |= hmac.compare_digest(candidate, token)
-        return ok
 
 
 def _presented_token(authorization: str | None) -> bytes | None:

@@ -6,7 +6,7 @@ Two questions a schema cannot answer:
   new one would drop (a route's `allow`, `sumdb: false`, the admin token, a
   network list widened). A reload that loses any of it is refused unless
   the operator forces it (SIGUSR1): a half-written or mistaken file must not
-  open a private route (issue 11).
+  open a private route.
 - `config_warnings(loaded, path, env)`: what `validate` (and `serve` at
   start-up) point out without refusing: short tokens, a literal credential
   in a file others can read, and a `host/*` pattern that leaves the bare

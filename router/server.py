@@ -33,6 +33,7 @@ from aiohttp import web
 from router import __version__
 from router.config import Config, ConfigError
 from router.connections import ConnectionGate, connection_cap, log_limits, raise_open_files_limit
+from router.fileid import FileId, file_id
 from router.logs import log_event
 from router.redact import redact
 from router.safety import weakenings
@@ -91,7 +92,7 @@ class ServeOptions:
     reuse_port: bool = False
 
 
-FileVersion = tuple[tuple[int, int, int, int], str]    # (dev, inode, size, mtime_ns), sha256
+FileVersion = tuple[FileId, str]    # the file's identity, sha256 of its bytes
 SETTLE = 1.0       # seconds a changed routes.yaml must stay unchanged before the watcher loads it
 
 
@@ -103,7 +104,7 @@ def _file_version(path: str) -> FileVersion | None:
             data = file.read()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), hashlib.sha256(data).hexdigest()
+    return file_id(st), hashlib.sha256(data).hexdigest()
 
 
 class Reloader:

@@ -187,7 +187,7 @@ async def test_integrity_checks_refuse_bad_bodies(make_cache: Callable[..., Disk
     m = Module("example.com/a", "v1.0.0")
     other = Module("example.com/b", "v1.0.0")
     bad: list[tuple[str, bytes, str]] = [
-        ("info", b'{"Version":"v1.0.1","Time":"2021-01-01T00:00:00Z"}', "names version"),
+        ("info", b'{"Version":"v1.0.1","Time":"2021-01-01T00:00:00Z"}', "is not the requested"),
         ("info", b"<html>rate limited</html>", "not JSON"),
         ("zip", m.zip[:-30], "not a readable zip"),            # truncated, length unknown
         ("zip", b"<html>oops</html>", "not a readable zip"),

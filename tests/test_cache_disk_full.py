@@ -1,4 +1,4 @@
-"""A full or failing cache disk (issue 11, item 9): the cache's problem, never the client's.
+"""A full or failing cache disk: the cache's problem, never the client's.
 
 * on a real 8 MiB tmpfs, a 20 MiB zip reaches its first requester and a
   coalesced one whole (sha256), the cache keeps no partial file, the upstream

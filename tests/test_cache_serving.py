@@ -1,4 +1,4 @@
-"""The cache in the request path (issue #5), against the real app.
+"""The cache in the request path, against the real app.
 
 * hit/miss/stale headers: immutable artifacts (miss, then hit with
   ``immutable`` caching, ETag, Last-Modified), list and @latest (miss, hit

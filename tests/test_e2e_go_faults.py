@@ -1,4 +1,4 @@
-"""Acceptance (issue #4): the real go command downloads a whole module graph
+"""Acceptance: the real go command downloads a whole module graph
 through the router while the best-ranked upstream hangs on 30 % of requests.
 
 The go command has no timeout of its own and fails the run on a single 5xx,

@@ -1,4 +1,4 @@
-"""Nothing blocks the event loop (issue 10, point 6): a GeoIP database swapped in
+"""Nothing blocks the event loop: a GeoIP database swapped in
 under load, a config reload that opens one, /readyz on a slow filesystem, and a
 log pipe that nobody reads.
 

@@ -1,4 +1,4 @@
-"""The fault matrix (issue #4): every way an upstream fails, for every kind of request.
+"""The fault matrix: every way an upstream fails, for every kind of request.
 
 For each fault and each of list, .info, .mod, .zip and @latest:
 

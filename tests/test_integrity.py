@@ -1,4 +1,4 @@
-"""What goes into the cache must be what was asked for (issue 11, item 3).
+"""What goes into the cache must be what was asked for.
 
 Units: the go.mod module-line parser and the go command's major-version
 rules (router/gomod.py), table-driven, with a hypothesis property and, where

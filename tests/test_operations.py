@@ -1,4 +1,4 @@
-"""Operations (issue 6) through the real app: /metrics after real traffic, JSON logs,
+"""Operations through the real app: /metrics after real traffic, JSON logs,
 request ids, secrets kept out of every operator surface, /healthz and /readyz, the
 admin surface's protection, and the status page in headless Chromium served by
 the router process.

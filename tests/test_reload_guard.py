@@ -1,4 +1,4 @@
-"""Reloads fail closed (issue 11 item 6): the watcher waits for routes.yaml to settle
+"""Reloads fail closed: the watcher waits for routes.yaml to settle
 before loading it, and a config that gives up a protection the running one has (an
 `allow`, `sumdb: false`, the admin token, a wider network) is rejected unless forced
 with SIGUSR1."""

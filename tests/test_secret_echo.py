@@ -1,4 +1,4 @@
-"""Secrets never echoed (issue 11 item 10): an upstream's error body is redacted before it
+"""Secrets never echoed: an upstream's error body is redacted before it
 is cut, and a value that ${VAR} expansion put into routes.yaml is never quoted back by a
 refusal (validate, serve's start-up, a rejected reload)."""
 

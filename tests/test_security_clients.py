@@ -1,4 +1,4 @@
-"""Hostile clients (issue 11, items 4, 5 and 11): a forged client address, private answers
+"""Hostile clients: a forged client address, private answers
 kept by a shared cache, bytes that are not text in Authorization, a malformed request
 line, and token guessing.
 

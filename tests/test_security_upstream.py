@@ -1,4 +1,4 @@
-"""Hostile upstreams (issue 11 items 1, 2 and 8): an upstream may not turn the edge
+"""Hostile upstreams: an upstream may not turn the edge
 against its own network with a redirect, nor blow up its memory with a
 compressed body, and the edge's own queueing for connections is never
 charged to an upstream.

@@ -1,4 +1,4 @@
-"""`validate` warns about valid but risky settings (issue 11 item 11): short tokens, a
+"""`validate` warns about valid but risky settings: short tokens, a
 literal credential in a world-readable routes.yaml, a `host/*` pattern that leaves the
 bare host to a public route. Warnings go to stderr as `file:line: key: warning: ...`,
 the exit code stays 0, and `serve` logs the same lines at start-up."""
