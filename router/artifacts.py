@@ -53,18 +53,18 @@ from router.cache import (
 )
 from router.config import Cache
 from router.exchange import EXCHANGE
-from router.filesend import BufferPool, SendfileResponse
-from router.forward import (
-    ClientSink,
+from router.fetching import (
     Fetched,
-    Forwarder,
+    Fetcher,
     ForwardPlan,
     Outcome,
     failure_response,
     text_response,
 )
+from router.filesend import BufferPool, SendfileResponse
 from router.logs import log_event
 from router.protocol import ModuleRequest
+from router.stream import ClientSink
 
 log = logging.getLogger("router.cache")
 
@@ -128,7 +128,10 @@ class MetaAnswer:
 
 
 class ArtifactCache:
-    """The cache in front of the forwarder; lives as long as the process, across reloads."""
+    """The cache in front of the forwarder; lives as long as the process, across reloads.
+
+    The forwarder is any `Fetcher` (router/fetching.py): this module never imports
+    router.forward, and a test can drive the cache policy with an in-memory one."""
 
     def __init__(self, config: Cache) -> None:
         self.config = config
@@ -164,7 +167,7 @@ class ArtifactCache:
         self.disk.close()
 
     async def serve(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
-                    forwarder: Forwarder) -> web.StreamResponse:
+                    forwarder: Fetcher) -> web.StreamResponse:
         if req.immutable:
             return await self._immutable(request, req, lookup, forwarder)
         return await self._metadata(request, req, lookup, forwarder)
@@ -172,7 +175,7 @@ class ArtifactCache:
     # -- immutable artifacts -------------------------------------------------------
 
     async def _immutable(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
-                         forwarder: Forwarder) -> web.StreamResponse:
+                         forwarder: Fetcher) -> web.StreamResponse:
         module, version, ext = req.module, req.version or "", req.kind.value
         entry = self.disk.get(module, version, ext)
         if entry is not None:
@@ -212,7 +215,7 @@ class ArtifactCache:
         assert isinstance(result, FailureAnswer)
         return text_response(result.status, result.text)
 
-    async def _fill(self, plan: ForwardPlan, forwarder: Forwarder, module: str, version: str,
+    async def _fill(self, plan: ForwardPlan, forwarder: Fetcher, module: str, version: str,
                     ext: str, sink: ClientSink | None) -> Filled | Uncached | FailureAnswer:
         """One upstream fetch into the cache (and, for a zip, to the first requester)."""
         fetched = await forwarder.fetch(plan)
@@ -314,7 +317,7 @@ class ArtifactCache:
     # -- metadata --------------------------------------------------------------------
 
     async def _metadata(self, request: web.Request, req: ModuleRequest, lookup: Lookup,
-                        forwarder: Forwarder) -> web.StreamResponse:
+                        forwarder: Fetcher) -> web.StreamResponse:
         key = (lookup.route, lookup.path)
         fresh = self.meta.get_fresh(key)
         if fresh is not None:
@@ -355,7 +358,7 @@ class ArtifactCache:
                             hashlib.blake2b(body, digest_size=8).hexdigest())
         return answer, age
 
-    async def _fetch_meta(self, plan: ForwardPlan, forwarder: Forwarder) -> MetaAnswer | FailureAnswer:
+    async def _fetch_meta(self, plan: ForwardPlan, forwarder: Fetcher) -> MetaAnswer | FailureAnswer:
         fetched = await forwarder.fetch(plan)
         if fetched is None:
             return self._failed(plan)

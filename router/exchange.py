@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from router.cache import CacheEntry
-from router.forward import ForwardPlan
+from router.fetching import ForwardPlan
 from router.geo import IPAddress
 
 if TYPE_CHECKING:

@@ -33,7 +33,7 @@ closed while its peer stalls is noticed even without a socket event.
 A client that leaves mid-body (EPIPE, ECONNRESET, or the transport closed)
 is not an error of the server: the connection is aborted (so a partial body
 can never look complete), the response is marked not to be kept alive, and
-the handler returns normally — like ``forward.ClientSink`` does for streamed
+the handler returns normally — like ``stream.ClientSink`` does for streamed
 bodies — so nothing logs a traceback. A server that cancels the handlers of
 lost connections (aiohttp's ``handler_cancellation``, on in its TestServer,
 off in ``serve``) gets the same abort, and the cancellation goes on. The dup

@@ -15,38 +15,40 @@ error and never a complete-looking truncated 200.
 
 Who is asked next, when to hedge and how long to back off is decided by
 `AttemptSchedule` (router/schedule.py); `Forwarder.fetch` runs its attempts.
+Streaming the winner to the client and into the cache is router/stream.py;
+the plan and answer types, and the `Fetcher` protocol this class fulfils for
+the cache, are router/fetching.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import time
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 from aiohttp import web
 
+from router import stream
 from router.budget import RetryBudget
-from router.cache import CacheEntry, CacheError, CacheIntegrityError, CacheUnavailable, CacheWriter
-from router.config import Hedge, Retry, Timeouts
-from router.integrity import (
-    MAX_ZIP_FILE,
-    SMALL_BODY_LIMIT,
-    SMALL_KINDS,
-    BodyVerdict,
-    ZipTail,
-    judge_small_body,
+from router.cache import CacheEntry, CacheWriter
+from router.fetching import (  # noqa: F401  (re-exported: their old import path)
+    Attempt,
+    Fetched,
+    ForwardPlan,
+    Outcome,
+    failure_response,
+    text_response,
 )
+from router.integrity import MAX_ZIP_FILE, SMALL_BODY_LIMIT, BodyVerdict, judge_small_body
 from router.logs import log_event
 from router.redact import redact
 from router.schedule import AttemptSchedule, Run
 from router.stats import StatsRegistry, UpstreamStats
+from router.stream import ClientSink, abort_client  # noqa: F401  (abort_client: re-exported)
 from router.upstream import (
     AttemptError,
     AttemptTimeout,
@@ -66,70 +68,6 @@ ERROR_EXCERPT = 300            # characters of an upstream's error body shown, a
 ERROR_READ = 4096              # bytes of it read, so a secret across the cut is seen whole
 CHECK_INLINE = 256 << 10       # small bodies above this are checked in a thread, off the loop
 MAX_RETRY_AFTER = 300.0        # seconds an upstream's 429 can make it sit out, at most
-
-
-class Outcome(enum.StrEnum):
-    OK = "ok"
-    NOT_FOUND = "not_found"
-    HTTP_ERROR = "http_error"
-    TIMEOUT = "timeout"
-    CONNECT_ERROR = "connect_error"
-    BROKEN = "broken"
-    INVALID = "invalid"
-    DOUBTFUL = "doubtful"      # valid, but kept only in case no upstream has better (router/integrity.py)
-    CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """What one upstream did for one request, in words a developer can act on."""
-
-    upstream: str
-    outcome: Outcome
-    elapsed: float
-    status: int | None = None
-    detail: str = ""
-
-    def describe(self) -> str:
-        return f"{self.upstream}: {self.detail} ({self.elapsed:.2f}s)"
-
-
-@dataclass(slots=True)
-class ForwardPlan:
-    """Everything needed to fetch one protocol path from a route's upstreams."""
-
-    request_id: str
-    route: str
-    what: str                      # e.g. "example.com/m@v1.2.3 .mod", for messages
-    path: str                      # escaped upstream path, e.g. "/example.com/m/@v/v1.2.3.mod"
-    method: str
-    targets: Sequence[UpstreamTarget]
-    timeouts: Timeouts
-    kind: str = "sumdb"            # list, info, mod, zip, latest or sumdb
-    module: str | None = None
-    version: str | None = None            # of .info/.mod/.zip: a .mod must fit module@version
-    expected_version: str | None = None   # a canonical .info must report this Version
-    retry: Retry = field(default_factory=Retry)
-    hedge: Hedge = field(default_factory=Hedge)
-    attempts: list[Attempt] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)   # policy decisions, e.g. budget refusals
-    response_headers: dict[str, str] = field(default_factory=dict)   # added to a 200
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def reads_whole_body(self) -> bool:
-        return self.kind in SMALL_KINDS and self.method == "GET"
-
-
-@dataclass(slots=True)
-class Fetched:
-    """A good answer whose status line has not been sent yet."""
-
-    target: UpstreamTarget
-    stats: UpstreamStats
-    response: UpstreamResponse
-    body: bytes | None             # the validated body of a small answer; None: stream it
-    headers_at: float = 0.0        # seconds from sending to the response headers
 
 
 @dataclass(slots=True)
@@ -414,159 +352,14 @@ class Forwarder:
 
     async def pump(self, plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
                    cache: CacheWriter | None, headers: dict[str, str]) -> CacheEntry | None:
-        """Stream a 200's body to the client and/or the cache, chunk by chunk.
+        """Stream a 200's body to the client and/or the cache (router/stream.py)."""
+        return await stream.pump(plan, fetched, client, cache, headers,
+                                 failed=self._failed, delivered=self._delivered)
 
-        Each write is awaited (backpressure). A client that goes away only
-        detaches: the body still fills the cache. A zip's very last byte is
-        held back from the client until its end-of-archive record has been
-        seen and the cache commit passed its checks; if anything fails, the
-        client is cut off one byte short and can never take the body for
-        complete, and the cache keeps nothing. A cache that cannot take the
-        body (its disk is full or failing: CacheUnavailable, logged and counted
-        by the cache) is dropped and the body goes on to the client: not the
-        upstream's failure; with no client left either, the read stops there.
-        Returns the committed entry (None when nothing was cached).
-        """
-        upstream, target, stats = fetched.response, fetched.target, fetched.stats
-        started = time.monotonic()
-        try:
-            if client is not None:
-                await client.start(headers, upstream.content_length)
-            if plan.method == "HEAD":
-                upstream.close()
-                if client is not None:
-                    await client.finish(b"")
-                plan.attempts.append(Attempt(target.name, Outcome.OK, 0.0, 200, "ok"))
-                stats.record_success(fetched.headers_at, sample=False)
-                self.observer.attempt(target.name, Outcome.OK.value, fetched.headers_at)
-                return None
-            tail = ZipTail() if plan.kind == "zip" else None
-            received = 0
-            held = b""
-            dropped = False                   # the cache gave up on this body
-            try:
-                async for chunk in upstream.chunks():
-                    received += len(chunk)
-                    if tail is not None and received > MAX_ZIP_FILE:
-                        raise _Invalid(f"invalid .zip: over the go command's limit of "
-                                       f"{MAX_ZIP_FILE} bytes")
-                    if cache is not None:
-                        try:
-                            await cache.write(chunk)
-                        except CacheUnavailable:
-                            cache, dropped = None, True
-                    if dropped and (client is None or client.gone):
-                        upstream.close()      # nobody wants the rest: stop reading
-                        stats.record_success(fetched.headers_at, sample=False)
-                        self._streamed(plan, fetched, started, "ok (not cached, nobody to send it to)")
-                        return None
-                    if tail is not None:
-                        tail.feed(chunk)
-                    if client is not None:
-                        if tail is None:
-                            await client.write(chunk)
-                        else:
-                            await client.write(held)
-                            held = chunk[-1:]
-                            await client.write(memoryview(chunk)[:-1])
-                expected = upstream.content_length
-                if expected is not None and received != expected:
-                    raise AttemptError(f"body ended after {received} of {expected} bytes")
-                problem = tail.problem() if tail is not None else None
-                if problem is not None:
-                    raise _Invalid(f"invalid .zip: {problem}")
-                entry = None
-                if cache is not None:
-                    try:
-                        entry = await cache.commit(received)
-                    except CacheUnavailable:
-                        dropped = True
-            except (AttemptError, AttemptTimeout, CacheError) as exc:
-                upstream.close()
-                if cache is not None:
-                    cache.abort()
-                aborted = " (the client connection was aborted)" if client and client.started else ""
-                # A body that arrived but is not what was asked for is the upstream's fault
-                # as much as a broken one: both count towards its ejection.
-                invalid = isinstance(exc, (_Invalid, CacheIntegrityError))
-                self._failed(plan, target, stats, Outcome.INVALID if invalid else Outcome.BROKEN,
-                             started, 200, f"{exc}{aborted}")
-                if client is not None:
-                    client.abort()
-                return None
-            upstream.release()
-            stats.record_success(fetched.headers_at, sample=False)
-            if client is not None:
-                await client.finish(held)
-            self._streamed(plan, fetched, started, "ok (not cached)" if dropped else "ok")
-            return entry
-        finally:
-            fetched.stats.end()
-
-    def _streamed(self, plan: ForwardPlan, fetched: Fetched, started: float, detail: str) -> None:
+    def _delivered(self, plan: ForwardPlan, fetched: Fetched, elapsed: float, detail: str) -> None:
         """Record a streamed answer that went through."""
-        plan.attempts.append(Attempt(fetched.target.name, Outcome.OK, time.monotonic() - started,
-                                     200, detail))
+        plan.attempts.append(Attempt(fetched.target.name, Outcome.OK, elapsed, 200, detail))
         self.observer.attempt(fetched.target.name, Outcome.OK.value, fetched.headers_at)
-
-
-class ClientSink:
-    """The client end of a stream: prepared on demand, detached if the client leaves,
-    or if it accepts nothing for `send_timeout` seconds (then its connection is cut:
-    the body, which may be filling the cache for others, goes on without it)."""
-
-    __slots__ = ("request", "response", "gone", "send_timeout")
-
-    def __init__(self, request: web.Request, send_timeout: float) -> None:
-        self.request = request
-        self.response: web.StreamResponse | None = None
-        self.gone = False
-        self.send_timeout = send_timeout
-
-    @property
-    def started(self) -> bool:
-        return self.response is not None
-
-    async def start(self, headers: dict[str, str], content_length: int | None) -> None:
-        response = web.StreamResponse(status=200, headers=headers)
-        if content_length is not None:
-            response.content_length = content_length
-        self.response = response
-        try:
-            await response.prepare(self.request)
-        except (ConnectionError, OSError):
-            self.gone = True
-
-    async def write(self, data: bytes | memoryview) -> None:
-        if self.gone or not data or self.response is None:
-            return
-        await self._deliver(self.response.write(data))
-
-    async def finish(self, last: bytes) -> None:
-        await self.write(last)
-        if self.gone or self.response is None:
-            return
-        await self._deliver(self.response.write_eof())
-
-    async def _deliver(self, step: Coroutine[Any, Any, None]) -> None:
-        """One write to the client (a task per chunk, as wait_for makes, is avoided); a
-        client that left, or accepted nothing for send_timeout, is gone (and the latter
-        cut off), while the caller keeps reading: the body may still fill the cache."""
-        try:
-            async with asyncio.timeout(self.send_timeout):
-                await step
-        except TimeoutError:     # (an OSError too: first) it stopped reading
-            self.gone = True
-            abort_client(self.request)
-        except (ConnectionError, OSError):
-            self.gone = True
-
-    def abort(self) -> None:
-        abort_client(self.request)
-
-
-class _Invalid(AttemptError):
-    """A streamed body that arrived but is not a valid answer (a zip over the limits)."""
 
 
 async def _judge(plan: ForwardPlan, body: bytes) -> BodyVerdict:
@@ -591,33 +384,3 @@ def _retry_after(value: str | None) -> float:
             when = parsedate_to_datetime(value).timestamp()
             return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
     return 1.0
-
-
-def abort_client(request: web.Request) -> None:
-    """Cut the client connection so a partial body can never look complete."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
-def failure_response(plan: ForwardPlan) -> web.Response:
-    """404 when every upstream said not found; 504 when the failures were timeouts; else 502."""
-    outcomes = {a.outcome for a in plan.attempts} - {Outcome.CANCELLED}
-    deadline_hit = any(note.startswith("deadline") for note in plan.notes)
-    if outcomes <= {Outcome.NOT_FOUND} and not plan.notes:
-        status, summary = 404, "not found on any upstream"
-    elif outcomes - {Outcome.NOT_FOUND} <= {Outcome.TIMEOUT} and (
-            Outcome.TIMEOUT in outcomes or deadline_hit):
-        status, summary = 504, "upstreams timed out"
-    else:
-        status, summary = 502, "no upstream could answer"
-    lines = [f"goproxy-router: {plan.what}: {summary} (route {plan.route}, request {plan.request_id})"]
-    lines += [f"  {attempt.describe()}" for attempt in plan.attempts]
-    lines += [f"  {note}" for note in plan.notes]
-    return text_response(status, "\n".join(lines) + "\n")
-
-
-def text_response(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
-    """A short text/plain answer: what the go command prints to the developer."""
-    return web.Response(status=status, text=text, content_type="text/plain",
-                        charset="utf-8", headers=headers)
