@@ -186,6 +186,12 @@ async def test_a_reload_empties_the_table(
     assert refused.status == 403
 
 
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The fields of every access-log line captured, in order."""
+    return [dict(r.fields) for r in caplog.records
+            if r.name == "router.access" and r.getMessage() == "request"]
+
+
 async def test_thin_hits_are_counted_and_logged_like_full_ones(
         tmp_path: Path, edge: MakeEdge, fake_proxy: MakeFake,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -195,8 +201,7 @@ async def test_thin_hits_are_counted_and_logged_like_full_ones(
     for _ in range(5):
         assert (await ask(client, INFO)).status == 200
     assert len(edge_of(client).hits) == 1
-    lines = [dict(r.fields) for r in caplog.records
-             if r.name == "router.access" and r.getMessage() == "request"]
+    lines = access_lines(caplog)
     assert [line["cache"] for line in lines] == ["miss", "hit", "hit", "hit", "hit"]
     full, thin = lines[1], lines[2]
     assert list(thin) == list(full)
@@ -238,8 +243,7 @@ async def test_thin_and_full_lines_and_labels_come_from_one_schema(
     for _ in range(3):
         assert (await ask(client, INFO)).status == 200
     assert len(edge_of(client).hits) == 1
-    lines = [dict(r.fields) for r in caplog.records
-             if r.name == "router.access" and r.getMessage() == "request"]
+    lines = access_lines(caplog)
     assert [(line["cache"], line["schema"]) for line in lines] == [
         ("miss", "marked"), ("hit", "marked"), ("hit", "marked")]
     assert list(lines[2]) == list(lines[1])            # the thin line: the same fields, in order
