@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.config import Upstream
-from router.protocol import Kind
-from router.scoring import Candidate, Engine, RequestContext, load_plugins
-from router.stats import StatsSettings, UpstreamStats
-from router.upstream import UpstreamTarget
+from goproxy_router.config.schema import Upstream
+from goproxy_router.protocol.paths import Kind
+from goproxy_router.scoring.engine import Candidate, Engine, RequestContext, load_plugins
+from goproxy_router.upstream.client import UpstreamTarget
+from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
 
 COUNTRIES = [("CN",), ("HK",), ("JP",), ("SG",), ("DE",), ("FR",), ("US",), ("BR",), ("*",),
              ("CN", "HK", "MO")]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.patterns import PatternTable, match_prefix_patterns
+from goproxy_router.protocol.patterns import PatternTable, match_prefix_patterns
 
 N_PATTERNS = 1000
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from router.scoring import Candidate, Plugin, RequestContext, Veto
-from router.stats import BreakerState
+from goproxy_router.scoring.engine import Candidate, Plugin, RequestContext, Veto
+from goproxy_router.upstream.stats import BreakerState
 
 
 class BreakerVerdict(Plugin):

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from router.countries import continent_of
-from router.scoring import Candidate, Plugin, PluginOptions, RequestContext
+from goproxy_router.routing.countries import continent_of
+from goproxy_router.scoring.engine import Candidate, Plugin, PluginOptions, RequestContext
 
 Factor = Annotated[float, Field(gt=0)]
 

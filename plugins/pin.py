@@ -16,8 +16,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from router.patterns import PatternError, PatternTable, validate_glob
-from router.scoring import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
+from goproxy_router.protocol.patterns import PatternError, PatternTable, validate_glob
+from goproxy_router.scoring.engine import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
 
 
 class PinRule(PluginOptions):

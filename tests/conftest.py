@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from router.cache import DiskCache
-from router.logs import LineSink
+from goproxy_router.base.logs import LineSink
+from goproxy_router.storage.disk import DiskCache
 from tests.support import FakeProxy, Faults, ModuleTree, RefusedPort, ThreadedFakeProxy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +178,7 @@ def free_port() -> int:
 
 @dataclass
 class RouterProcess:
-    """A running ``python -m router.cli serve``; stderr goes to a file."""
+    """A running ``python -m goproxy_router serve``; stderr goes to a file."""
 
     proc: subprocess.Popen[bytes]
     port: int
@@ -268,7 +268,7 @@ def router_process(tmp_path: Path) -> Iterator[Callable[..., RouterProcess]]:
         stderr_path, stdout_path = workdir / "stderr.log", workdir / "stdout.log"
         with open(stderr_path, "wb") as err, open(stdout_path, "wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "serve", "--config", str(config_path),
+                [sys.executable, "-m", "goproxy_router", "serve", "--config", str(config_path),
                  "--listen", f"127.0.0.1:{port}", *extra_args],
                 cwd=workdir, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                 preexec_fn=preexec_fn)
@@ -299,8 +299,8 @@ async def edge(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """
     from aiohttp.test_utils import TestClient, TestServer
 
-    from router.app import build_app, install_thin_path
-    from router.config import parse_config
+    from goproxy_router.config.schema import parse_config
+    from goproxy_router.serving.app import build_app, install_thin_path
 
     clients: list[TestClient] = []
 

@@ -25,8 +25,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.artifacts import ArtifactCache
-from router.cache import (
+from goproxy_router.base.logs import JsonFormatter
+from goproxy_router.config.schema import Cache
+from goproxy_router.protocol.paths import ProtocolError
+from goproxy_router.serving.artifacts import ArtifactCache
+from goproxy_router.storage.disk import (
     CacheEntry,
     CacheError,
     CacheIntegrityError,
@@ -37,9 +40,6 @@ from router.cache import (
     artifact_relpath,
     list_body,
 )
-from router.config import Cache
-from router.logs import JsonFormatter
-from router.protocol import ProtocolError
 from tests.conftest import REPO_ROOT, GoEnv
 from tests.support import Module, download_cache_paths
 
@@ -239,7 +239,7 @@ async def test_artifact_name_never_shows_a_partial_file(make_cache: Callable[...
 KILL_SCRIPT = r"""
 import asyncio, sys
 from pathlib import Path
-from router.cache import DiskCache
+from goproxy_router.storage.disk import DiskCache
 
 async def main() -> None:
     cache = DiskCache(Path(sys.argv[1]), None)
@@ -371,7 +371,7 @@ async def test_a_file_gone_behind_our_back_is_a_miss(make_cache: Callable[..., D
 
 async def test_disk_errors_surface_as_cache_errors_and_leave_nothing(
         make_cache: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch) -> None:
-    import router.cache as cache_module
+    import goproxy_router.storage.disk as cache_module
 
     cache = make_cache()
     real_write_all = cache_module._write_all
@@ -745,7 +745,7 @@ async def test_sweep_repairs_lists_left_by_a_crash_or_an_older_release(
 LIST_WRITER_SCRIPT = r"""
 import asyncio, json, sys, time
 from pathlib import Path
-from router.cache import DiskCache
+from goproxy_router.storage.disk import DiskCache
 
 async def main() -> None:
     root, module, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])

@@ -1,4 +1,4 @@
-"""router.cache.WriteBudget: the bound on bytes all cache writers hold in memory.
+"""goproxy_router.storage.disk.WriteBudget: the bound on bytes all cache writers hold in memory.
 
 The budget on its own (waits when exhausted, first come first served, an
 oversize chunk proceeds alone, cancellation leaves nothing held), then with
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-import router.cache as cache_module
-from router.cache import CacheError, DiskCache, WriteBudget
+import goproxy_router.storage.disk as cache_module
+from goproxy_router.storage.disk import CacheError, DiskCache, WriteBudget
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from router.cache import DiskCache
+from goproxy_router.storage.disk import DiskCache
 from tests.support import FakeProxy, Faults, Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake
 from tests.test_cache_serving import Answer, ask, asked, blob, body_of, config, edge_of, paths
@@ -209,7 +209,7 @@ async def test_a_write_error_without_a_client_stops_reading_the_body(
 
 def test_a_failed_write_is_counted_cleaned_up_and_clears_with_the_next_commit(
         make_cache: Any, full_disk: FullDisk) -> None:
-    from router.cache import CacheWriteError
+    from goproxy_router.storage.disk import CacheWriteError
 
     async def run() -> None:
         cache: DiskCache = make_cache(10 * MiB, fsync=False)
@@ -279,7 +279,7 @@ async def test_concurrent_fills_reserve_their_size_and_evict_first(
 
 
 def test_a_reservation_evicts_lru_and_a_size_that_never_fits_is_refused(make_cache: Any) -> None:
-    from router.cache import CacheUnavailable
+    from goproxy_router.storage.disk import CacheUnavailable
 
     async def run() -> None:
         cache: DiskCache = make_cache(3000, fsync=False)

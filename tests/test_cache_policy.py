@@ -21,15 +21,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from router.artifacts import ArtifactCache, Lookup, MetaAnswer
-from router.cache import CacheEntry, CacheWriter, MetadataCache
-from router.config import Cache, Timeouts
-from router.exchange import EXCHANGE, Exchange
-from router.fetching import Attempt, Fetched, Fetcher, ForwardPlan, Outcome
-from router.protocol import ModuleRequest, parse
-from router.stats import StatsRegistry
-from router.stream import ClientSink
-from router.upstream import UpstreamResponse, UpstreamTarget
+from goproxy_router.config.schema import Cache, Timeouts
+from goproxy_router.forwarding.fetching import Attempt, Fetched, Fetcher, ForwardPlan, Outcome
+from goproxy_router.forwarding.stream import ClientSink
+from goproxy_router.protocol.paths import ModuleRequest, parse
+from goproxy_router.serving.artifacts import ArtifactCache, Lookup, MetaAnswer
+from goproxy_router.serving.exchange import EXCHANGE, Exchange
+from goproxy_router.storage.disk import CacheEntry, CacheWriter, MetadataCache
+from goproxy_router.upstream.client import UpstreamResponse, UpstreamTarget
+from goproxy_router.upstream.stats import StatsRegistry
 
 MOD = b"module example.com/m\n"
 INFO = b'{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}'

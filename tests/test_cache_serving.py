@@ -42,10 +42,10 @@ import yaml
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from router.app import EDGE
-from router.config import parse_config
-from router.geo import GeoDatabase
-from router.scoring import Engine
+from goproxy_router.config.schema import parse_config
+from goproxy_router.routing.geo import GeoDatabase
+from goproxy_router.scoring.engine import Engine
+from goproxy_router.serving.app import EDGE
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Faults, Module, ModuleTree, ThreadedFakeProxy, case_escape
 from tests.support.http import MakeEdge, MakeFake

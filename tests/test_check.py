@@ -28,12 +28,12 @@ import pytest
 import yaml
 from aiohttp import web
 
-from router.app import EdgeState
-from router.check import CheckResult, check_all, render_table, route_verdicts, run
-from router.config import Config, parse_config
-from router.redact import REDACTED, redact, secret_values
-from router.stats import StatsRegistry
-from router.upstream import UpstreamClient
+from goproxy_router.config.schema import Config, parse_config
+from goproxy_router.config.secrets import REDACTED, redact, secret_values
+from goproxy_router.ops.check import CheckResult, check_all, render_table, route_verdicts, run
+from goproxy_router.serving.app import EdgeState
+from goproxy_router.upstream.client import UpstreamClient
+from goproxy_router.upstream.stats import StatsRegistry
 from tests.conftest import REPO_ROOT
 from tests.support import FakeProxy, Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
 
@@ -501,7 +501,7 @@ def run_cli(tmp_path: Path, config: dict[str, Any] | str, *args: str,
     path.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
     full_env = dict(os.environ, **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "router.cli", "check", "--config", str(path), *args],
+    return subprocess.run([sys.executable, "-m", "goproxy_router", "check", "--config", str(path), *args],
                           capture_output=True, text=True, timeout=30, env=full_env, cwd=tmp_path)
 
 
@@ -757,7 +757,7 @@ def test_one_redact_for_every_output() -> None:
     """What the config's credentials turn into (a URL's Basic token, a header's token)
     is scrubbed, even when an excerpt was cut in the middle of one; an auth scheme
     word alone is not a secret."""
-    from router.upstream import UpstreamTarget
+    from goproxy_router.upstream.client import UpstreamTarget
 
     target = UpstreamTarget.for_url("u", f"https://{USER}:{PASSWORD}@h.example/base",
                                     {"X-Api-Key": f"Key {SECRET}"})

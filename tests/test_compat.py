@@ -1,4 +1,4 @@
-"""router/compat.py: each private aiohttp/asyncio detail is there, does what the edge
+"""router/base/compat.py: each private aiohttp/asyncio detail is there, does what the edge
 needs, and its absence stops `serve` with a line naming it."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from aiohttp import http_writer, web, web_protocol
 
-from router import cli, compat
+from goproxy_router.base import compat
+from goproxy_router.runtime import cli
 
 
 def _internal(name: str) -> compat.Internal:

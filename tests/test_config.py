@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from router.config import DEFAULT_CACHE_MAX_SIZE, ConfigError, load_config, parse_config, parse_size
+from goproxy_router.config.schema import (
+    DEFAULT_CACHE_MAX_SIZE,
+    ConfigError,
+    load_config,
+    parse_config,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -227,7 +233,7 @@ def test_sizes() -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "goproxy_router", *args], capture_output=True,
                           text=True, timeout=60, cwd=REPO, env=env)
 
 
@@ -425,7 +431,7 @@ def test_validate_refuses_bad_options_of_a_plugin_dirs_plugin_with_file_and_line
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "office_hours.py").write_text(textwrap.dedent('''\
         from pydantic import BaseModel
-        from router.scoring import Plugin
+        from goproxy_router.scoring.engine import Plugin
 
         class Options(BaseModel):
             days: int = 5

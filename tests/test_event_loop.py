@@ -31,11 +31,11 @@ import yaml
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from router import geo
-from router.app import EDGE
-from router.config import parse_config
-from router.logs import LineSink, dropped_lines
-from router.metrics import Metrics
+from goproxy_router.base.logs import LineSink, dropped_lines
+from goproxy_router.config.schema import parse_config
+from goproxy_router.ops.metrics import Metrics
+from goproxy_router.routing import geo
+from goproxy_router.serving.app import EDGE
 from tests.conftest import REPO_ROOT, free_port
 from tests.support.http import MakeEdge
 from tests.support.mmdb import write_country_db
@@ -316,7 +316,7 @@ def test_a_router_whose_stderr_nobody_reads_keeps_answering_and_stops_in_bounded
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "router.cli", "serve", "--config", str(config),
+        [sys.executable, "-m", "goproxy_router", "serve", "--config", str(config),
          "--listen", f"127.0.0.1:{port}"],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE)

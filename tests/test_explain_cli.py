@@ -41,7 +41,7 @@ def explain(*args: str, env: Mapping[str, str] | None = None,
     """`goproxy-router explain ARGS` with `env` added; run from `cwd` (the repo: its routes.yaml)."""
     path = os.pathsep.join([str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     full_env = dict(os.environ) | {"PYTHONPATH": path} | dict(env or {})
-    return subprocess.run([sys.executable, "-m", "router.cli", "explain", *args],
+    return subprocess.run([sys.executable, "-m", "goproxy_router", "explain", *args],
                           capture_output=True, text=True, timeout=60, cwd=cwd, env=full_env)
 
 

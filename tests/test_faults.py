@@ -41,7 +41,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from router.logs import JsonFormatter
+from goproxy_router.base.logs import JsonFormatter
 from tests.support import FakeProxy, Faults, Module, ModuleTree, RefusedPort
 from tests.support.http import MakeEdge, MakeFake
 
@@ -152,7 +152,7 @@ def attempt_lines(got: Got, notes: list[str] | None = None) -> list[re.Match[str
     return matches
 
 
-# Where an immutable artifact lives in a Go-download-cache layout (router/cache.py DiskCache).
+# Where an immutable artifact lives in a Go-download-cache layout (router/storage/disk.py DiskCache).
 ARTIFACTS = {kind: PATHS[kind].lstrip("/") for kind in ("info", "mod", "zip")}
 
 

@@ -1,4 +1,4 @@
-"""Cache hits sent with os.sendfile on the connection's socket (router/filesend.py).
+"""Cache hits sent with os.sendfile on the connection's socket (router/serving/filesend.py).
 
 * in process, on uvloop (as ``serve`` runs) and on the plain asyncio loop:
   a zip hit is byte-identical and really goes out through ``os.sendfile``;
@@ -40,9 +40,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from router import filesend
-from router.app import EDGE, build_app
-from router.config import parse_config
+from goproxy_router.config.schema import parse_config
+from goproxy_router.serving import filesend
+from goproxy_router.serving.app import EDGE, build_app
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Module, ModuleTree, ThreadedFakeProxy, case_escape
 from tests.test_cache_serving import get_all
@@ -412,7 +412,7 @@ async def _copy_mode_busy(tmp_path: Path, sendfile_calls: list[int]) -> None:
 
 
 def test_the_default_copies_through_eight_buffers_and_zero_means_sendfile(tmp_path: Path) -> None:
-    from router.artifacts import ArtifactCache
+    from goproxy_router.serving.artifacts import ArtifactCache
     for cache, capacity in (({}, 8), ({"send_buffers": 0}, None), ({"send_buffers": "3MiB"}, 3)):
         config = parse_config(yaml.safe_dump(router_config(tmp_path, "http://127.0.0.1:9", **cache)),
                               "routes.yaml", {})

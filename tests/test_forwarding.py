@@ -172,7 +172,7 @@ async def test_streams_before_the_upstream_finishes(edge: MakeEdge) -> None:
 async def test_response_headers_are_filtered_and_compressed_bodies_are_decoded(
         edge: MakeEdge) -> None:
     """Upstreams are asked for identity. One that compresses anyway has its body decoded
-    (bounded, router/decoding.py) and checked: small answers and zips alike reach the
+    (bounded, router/upstream/decoding.py) and checked: small answers and zips alike reach the
     client and the cache as identity bytes, without the coded form's headers."""
     info = b'{"Version":"v1.2.3"}'
     plain_zip = stored_zip(1000)

@@ -12,8 +12,8 @@ from pathlib import Path
 import maxminddb
 import pytest
 
-from router.countries import COUNTRY_CONTINENT, continent_of
-from router.geo import UNKNOWN, GeoDatabase, IPAddress, Location
+from goproxy_router.routing.countries import COUNTRY_CONTINENT, continent_of
+from goproxy_router.routing.geo import UNKNOWN, GeoDatabase, IPAddress, Location
 from tests.support.mmdb import write_city_db, write_country_db
 
 TINY = 0.01          # check interval for reload tests

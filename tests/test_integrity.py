@@ -1,10 +1,10 @@
 """What goes into the cache must be what was asked for.
 
 Units: the go.mod module-line parser and the go command's major-version
-rules (router/gomod.py), table-driven, with a hypothesis property and, where
+rules (router/protocol/gomod.py), table-driven, with a hypothesis property and, where
 Go and golang.org/x/mod are installed, a differential check against
 ``modfile.ParseLax`` itself; the version-list check; the x/mod/zip rules on
-crafted zips (router/integrity.py).
+crafted zips (router/protocol/integrity.py).
 
 Through the edge, with hostile fake upstreams: a captive portal's HTML or
 another module's go.mod as a .mod, an HTML version list, and zips that climb
@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.gomod import GoModError, check_mod, module_path
-from router.integrity import (
+from goproxy_router.protocol.gomod import GoModError, check_mod, module_path
+from goproxy_router.protocol.integrity import (
     MAX_ZIP_ENTRIES,
     MAX_ZIP_FILE,
     list_problem,

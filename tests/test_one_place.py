@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from router.cache import CacheIntegrityError, DiskCache
-from router.fileid import file_id, stat_id
-from router.gate import in_networks, token_accepted
-from router.integrity import info_problem, judge_small_body
+from goproxy_router.base.fileid import file_id, stat_id
+from goproxy_router.protocol.integrity import info_problem, judge_small_body
+from goproxy_router.routing.gate import in_networks, token_accepted
+from goproxy_router.storage.disk import CacheIntegrityError, DiskCache
 
 BAD_INFOS = [
     (b"<html>rate limited</html>", "not JSON"),

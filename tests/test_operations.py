@@ -33,8 +33,8 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.app import EDGE
-from router.logs import JsonFormatter
+from goproxy_router.base.logs import JsonFormatter
+from goproxy_router.serving.app import EDGE
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
 from tests.support.http import MakeEdge, MakeFake, raw_get, threaded_http_server
@@ -619,7 +619,7 @@ async def test_url_credentials_and_an_authorization_header_do_not_crash_a_reques
     refused by the config check or fails over like any broken upstream: never a 500."""
     import yaml
 
-    from router.config import ConfigError, parse_config
+    from goproxy_router.config.schema import ConfigError, parse_config
 
     good = await fake_proxy(TREE, name="good")
     with RefusedPort() as refused:

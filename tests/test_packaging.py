@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT, free_port
 
-LOCAL = {"router", "plugins", "tests", "benchlib"}
+LOCAL = {"goproxy_router", "tests", "benchlib"}
 
 
 def _imports(paths: list[Path]) -> dict[str, set[str]]:
@@ -64,7 +64,7 @@ def _project() -> dict:
 
 def test_every_runtime_import_is_a_declared_dependency() -> None:
     runtime = _declared(_project()["dependencies"])
-    code = sorted([*REPO_ROOT.glob("router/*.py"), *REPO_ROOT.glob("plugins/*.py")])
+    code = sorted([*REPO_ROOT.glob("router/**/*.py"), *REPO_ROOT.glob("plugins/*.py")])
     assert code, "no shipped code found"
     missing = {module: files for module, files in _imports(code).items()
                if not _distributions(module) & runtime}
@@ -78,6 +78,17 @@ def test_every_test_and_bench_import_is_declared() -> None:
     missing = {module: files for module, files in _imports(code).items()
                if not _distributions(module) & declared}
     assert not missing, f"imported by tests or benches but not declared (test extra): {missing}"
+
+
+def test_every_package_folder_is_installed_under_the_one_name() -> None:
+    """router/ installs as goproxy_router, plugins/ as goproxy_router.plugins: every folder
+    with an __init__.py is in pyproject's package list, and nothing installs as `router`."""
+    setuptools = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {"goproxy_router": "router", "goproxy_router.plugins": "plugins"}
+    folders = {"goproxy_router" + ".".join(("", *init.parent.relative_to(REPO_ROOT / "router").parts))
+               for init in (REPO_ROOT / "router").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == folders | {"goproxy_router.plugins"}
+    assert all(name.split(".")[0] == "goproxy_router" for name in setuptools["packages"])
 
 
 def _copy_of_the_tree(dest: Path) -> Path:
@@ -105,6 +116,10 @@ def test_a_fresh_venv_with_pip_install_dot_serves_the_shipped_routes_yaml(tmp_pa
         [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "."],
         cwd=clone, capture_output=True, text=True, timeout=600)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    site = next(venv.glob("lib/python3*/site-packages"))
+    ours = {p.name for p in site.iterdir() if p.name in ("goproxy_router", "router", "plugins")}
+    assert ours == {"goproxy_router"}, f"installed top-level packages: {ours}"
+    assert (site / "goproxy_router" / "plugins" / "pin.py").is_file()
     shipped = (clone / "routes.yaml").read_text()
     assert "probes:" not in shipped
     (clone / "routes.yaml").write_text(shipped + "\nprobes: {enabled: false}\n")

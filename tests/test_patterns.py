@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.patterns import (
+from goproxy_router.protocol.patterns import (
     PatternError,
     PatternTable,
     match_prefix_patterns,

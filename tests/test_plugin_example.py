@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import textwrap
 
-from router.config import parse_config
-from router.protocol import Kind
-from router.scoring import Engine, RequestContext, load_plugins
+from goproxy_router.config.schema import parse_config
+from goproxy_router.protocol.paths import Kind
+from goproxy_router.scoring.engine import Engine, RequestContext, load_plugins
 from tests.conftest import REPO_ROOT
 from tests.support import Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake

@@ -9,9 +9,9 @@ from email.utils import formatdate
 
 import pytest
 
-from router.budget import RetryBudget
-from router.forward import _retry_after
-from router.integrity import ZipTail, small_body_problem, zip_tail_problem
+from goproxy_router.forwarding.budget import RetryBudget
+from goproxy_router.forwarding.forwarder import _retry_after
+from goproxy_router.protocol.integrity import ZipTail, small_body_problem, zip_tail_problem
 
 
 def test_budget_allows_ratio_of_requests_plus_a_floor() -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import protocol
-from router.protocol import (
+from goproxy_router.protocol import paths as protocol
+from goproxy_router.protocol.paths import (
     Kind,
     ModuleRequest,
     ProtocolError,

@@ -36,7 +36,7 @@ def block_running(command: str) -> list[str]:
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "goproxy_router", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO_ROOT),
                                                     **(env or {})})
 

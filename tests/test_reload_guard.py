@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from router.config import Config, load_config, parse_config
-from router.safety import weakenings
-from router.server import Reloader
+from goproxy_router.config.safety import weakenings
+from goproxy_router.config.schema import Config, load_config, parse_config
+from goproxy_router.runtime.server import Reloader
 from tests.conftest import RouterProcess
 from tests.support import Module, ModuleTree, ThreadedFakeProxy
 from tests.test_operations import parse_metrics, value

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from router.config import ConfigError, parse_config
-from router.geo import client_address
-from router.routes import AccessDenied, RouteTable
+from goproxy_router.config.schema import ConfigError, parse_config
+from goproxy_router.routing.geo import client_address
+from goproxy_router.routing.routes import AccessDenied, RouteTable
 
 CONFIG = textwrap.dedent("""\
     upstreams:

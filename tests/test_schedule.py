@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from router.budget import RetryBudget
-from router.config import Hedge, Retry
-from router.schedule import AttemptSchedule, full_jitter
-from router.stats import StatsSettings, UpstreamStats
-from router.upstream import UpstreamTarget
+from goproxy_router.config.schema import Hedge, Retry
+from goproxy_router.forwarding.budget import RetryBudget
+from goproxy_router.forwarding.schedule import AttemptSchedule, full_jitter
+from goproxy_router.upstream.client import UpstreamTarget
+from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
 
 START = 1000.0
 

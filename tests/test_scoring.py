@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from router import scoring
-from router.config import Scoring, Upstream
-from router.protocol import Kind
-from router.scoring import (
+from goproxy_router.config.schema import Scoring, Upstream
+from goproxy_router.protocol.paths import Kind
+from goproxy_router.scoring import engine as scoring
+from goproxy_router.scoring.engine import (
     Candidate,
     Engine,
     NoOptions,
@@ -24,8 +24,8 @@ from router.scoring import (
     explain,
     load_plugins,
 )
-from router.stats import StatsSettings, UpstreamStats
-from router.upstream import UpstreamTarget
+from goproxy_router.upstream.client import UpstreamTarget
+from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
 
 
 def candidate(name: str, rtt: float | None = None, *, countries: tuple[str, ...] = ("*",),
@@ -230,7 +230,7 @@ def test_plugin_raising_at_request_time_is_neutral_logged_and_counted(
 
 DIR_PLUGIN = textwrap.dedent('''\
     from pydantic import BaseModel
-    from router.scoring import Plugin, Veto
+    from goproxy_router.scoring.engine import Plugin, Veto
 
     class Options(BaseModel):
         avoid: str
@@ -262,7 +262,8 @@ def test_every_plugin_problem_is_reported_with_its_place(tmp_path: Path) -> None
                       {"weights": {"priority_step": 0}}, "avoid_one"], [str(tmp_path)])
     assert [(p.loc, p.message) for p in info.value.problems] == [
         ((0, "avoid_one", "avoidd"), "unknown option (avoid_one takes avoid)"),
-        ((1,), f"plugin 'nosuch' not found: not a built-in (plugins/), not in entry-point group "
+        ((1,), "plugin 'nosuch' not found: not a built-in (goproxy_router.plugins), "
+               "not in entry-point group "
                f"'goproxy_router.plugins', not in plugin_dirs {[str(tmp_path)]}"),
         ((2, "weights", "priority_step"), "Input should be greater than 1"),
         ((3,), "plugin 'avoid_one' is listed twice"),
@@ -271,7 +272,7 @@ def test_every_plugin_problem_is_reported_with_its_place(tmp_path: Path) -> None
 
 WHOLE_OPTIONS_PLUGIN = textwrap.dedent('''\
     from pydantic import model_validator
-    from router.scoring import Plugin, PluginOptions
+    from goproxy_router.scoring.engine import Plugin, PluginOptions
 
     class Options(PluginOptions):
         low: float = 1.0
@@ -305,7 +306,7 @@ def test_problems_of_the_options_as_a_whole_are_reported_at_the_plugin(tmp_path:
 
 
 UPSTREAM_PLUGIN = textwrap.dedent('''\
-    from router.scoring import Plugin, PluginOptions, UpstreamName
+    from goproxy_router.scoring.engine import Plugin, PluginOptions, UpstreamName
 
     class Options(PluginOptions):
         batch_upstream: UpstreamName
@@ -339,7 +340,7 @@ def test_broken_plugin_file_names_itself(tmp_path: Path) -> None:
 def test_plugin_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real installed distribution (dist-info on sys.path) advertising the entry point."""
     (tmp_path / "acme_scoring.py").write_text(textwrap.dedent('''\
-        from router.scoring import Plugin
+        from goproxy_router.scoring.engine import Plugin
 
         class Prefer(Plugin):
             name = "prefer_b"

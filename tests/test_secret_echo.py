@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from router.forward import ERROR_EXCERPT
+from goproxy_router.forwarding.forwarder import ERROR_EXCERPT
 from tests.conftest import RouterProcess
 from tests.support.http import threaded_http_server
 from tests.test_config import run_cli

@@ -22,12 +22,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from router.artifacts import IMMUTABLE
-from router.cache import CacheEntry
-from router.geo import IPAddress, client_address
-from router.hits import HitTable
-from router.routes import AccessDenied, make_private
-from router.throttle import AuthThrottle
+from goproxy_router.routing.geo import IPAddress, client_address
+from goproxy_router.routing.routes import AccessDenied, make_private
+from goproxy_router.routing.throttle import AuthThrottle
+from goproxy_router.serving.artifacts import IMMUTABLE
+from goproxy_router.serving.thin import HitTable
+from goproxy_router.storage.disk import CacheEntry
 from tests.support import FakeProxy, Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake
 from tests.test_operations import Got, cfg, edge_of, get, info_path, parse_metrics, public, value
@@ -428,8 +428,8 @@ async def test_throttle_does_not_touch_clients_without_credentials_or_in_the_net
 
 def test_require_all_does_not_compare_a_token_from_outside_the_networks() -> None:
     """Otherwise a client outside could tell a right token (403 network) from a wrong one."""
-    from router.config import parse_config
-    from router.routes import RouteTable
+    from goproxy_router.config.schema import parse_config
+    from goproxy_router.routing.routes import RouteTable
     config = parse_config(
         "upstreams: {a: {url: 'http://a.example'}}\n"
         "routes: [{name: strict, match: ['s.example'], upstreams: [a],\n"

@@ -22,8 +22,8 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from router.config import Timeouts
-from router.upstream import UpstreamClient, UpstreamTarget
+from goproxy_router.config.schema import Timeouts
+from goproxy_router.upstream.client import UpstreamClient, UpstreamTarget
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, ThreadedFakeProxy
 from tests.support.http import MakeEdge, MakeFake, upstream_app
@@ -194,7 +194,7 @@ DNS = fixed_resolver({
 ])
 async def test_redirect_policy(base: str, allowed: tuple[str, ...], location: str,
                                refused: str | None) -> None:
-    from router.redirects import RedirectPolicy, RedirectRefused
+    from goproxy_router.upstream.redirects import RedirectPolicy, RedirectRefused
 
     policy = RedirectPolicy(URL(base), allowed, DNS)
     if refused is None:
@@ -210,7 +210,7 @@ async def test_redirect_policy(base: str, allowed: tuple[str, ...], location: st
 def test_address_classes() -> None:
     import ipaddress
 
-    from router.redirects import address_class
+    from goproxy_router.upstream.redirects import address_class
 
     cases = {"127.0.0.2": "loopback", "::1": "loopback", "10.9.9.9": "private",
              "172.31.0.1": "private", "192.168.1.1": "private", "fd00::1": "private",
@@ -296,7 +296,7 @@ async def test_a_compressed_zip_past_the_limit_is_cut_off_and_not_cached(
     """A zip streams, so it is held to the decoder's own limit (the go command's 500 MB,
     made 4 MiB here): past it the transfer is cut off, as for any zip that breaks
     mid-body (the client never sees a complete-looking body) and nothing is cached."""
-    monkeypatch.setattr("router.upstream.MAX_DECODED", 4 << 20)
+    monkeypatch.setattr("goproxy_router.upstream.client.MAX_DECODED", 4 << 20)
     bomb = await fake_proxy(TREE, name="bomb", faults=Faults(gzip_bomb=64 << 20, paths=r"\.zip$"))
     client = await edge({"upstreams": {"bomb": {"url": bomb.url}},
                          "routes": [{"name": "r", "match": ["*"], "upstreams": ["bomb"]}]})
@@ -352,7 +352,7 @@ async def test_pool_timing_excludes_the_wait_from_the_headers_timeout(
     """At the client level: one connection, two requests to a 0.4 s upstream with a
     0.6 s headers timeout; the second waits ~0.4 s for the connection, then gets its
     own 0.6 s."""
-    from router.upstream import PoolTiming
+    from goproxy_router.upstream.client import PoolTiming
 
     slow = await fake_proxy(TREE, name="slow", faults=Faults(delay=0.4))
     client = UpstreamClient(limit_per_host=1)

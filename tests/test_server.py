@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from router.cli import build_parser
-from router.server import listen_error
+from goproxy_router.runtime.cli import build_parser
+from goproxy_router.runtime.server import listen_error
 from tests.conftest import REPO_ROOT, RouterProcess, free_port
 from tests.support import Faults, Module, ModuleTree, ThreadedFakeProxy
 
@@ -88,7 +88,7 @@ def test_serve_with_a_bad_config_exits_1_without_traceback(tmp_path: Path) -> No
     bad = tmp_path / "routes.yaml"
     bad.write_text("upstreams: {}\nroutes:\n  - {name: r, match: ['*'], upstreams: [nope]}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "router.cli", "serve", "--config", str(bad),
+        [sys.executable, "-m", "goproxy_router", "serve", "--config", str(bad),
          "--listen", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
     assert result.returncode == 1
@@ -98,7 +98,7 @@ def test_serve_with_a_bad_config_exits_1_without_traceback(tmp_path: Path) -> No
 
 def serve_once(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`serve` expected to stop by itself (a start-up failure), bounded."""
-    return subprocess.run([sys.executable, "-m", "router.cli", "serve", "--config", str(config),
+    return subprocess.run([sys.executable, "-m", "goproxy_router", "serve", "--config", str(config),
                            *args], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
 
 
@@ -173,7 +173,7 @@ def test_log_level_after_the_subcommand(router_process: Callable[..., RouterProc
     (["explain"], ["default: routes.yaml", "default: explain locally"]),
 ])
 def test_help_shows_defaults(command: list[str], defaults: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "router.cli", *command, "--help"],
+    result = subprocess.run([sys.executable, "-m", "goproxy_router", *command, "--help"],
                             capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())          # argparse wraps lines

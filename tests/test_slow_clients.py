@@ -1,5 +1,5 @@
 """Slow and silent clients cannot hold the edge's connections or file descriptors
-(router/connections.py): a request-head deadline, a keep-alive idle timeout in
+(router/serving/connections.py): a request-head deadline, a keep-alive idle timeout in
 seconds, a connection cap that closes idle connections to make room and answers
 503 when every one is busy, and a soft open-files limit raised at start-up."""
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from router.connections import REFUSAL
+from goproxy_router.serving.connections import REFUSAL
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, ThreadedFakeProxy
 

@@ -7,7 +7,14 @@ import random
 
 import pytest
 
-from router.stats import Breaker, BreakerState, PeakEwma, StatsRegistry, StatsSettings, UpstreamStats
+from goproxy_router.upstream.stats import (
+    Breaker,
+    BreakerState,
+    PeakEwma,
+    StatsRegistry,
+    StatsSettings,
+    UpstreamStats,
+)
 
 
 def test_peak_ewma_jumps_up_and_decays_down_with_time() -> None:

@@ -25,11 +25,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from router.app import EdgeState
-from router.config import parse_config
-from router.redact import redact
-from router.stats import StatsRegistry, StatsSettings
-from router.status import (
+from goproxy_router.config.schema import parse_config
+from goproxy_router.config.secrets import redact
+from goproxy_router.ops.status import (
     CONTENT_SECURITY_POLICY,
     LAST_ERROR_MAX,
     STATUS_HISTORY,
@@ -40,7 +38,9 @@ from router.status import (
     render_status,
     setup_status,
 )
-from router.upstream import UpstreamClient
+from goproxy_router.serving.app import EdgeState
+from goproxy_router.upstream.client import UpstreamClient
+from goproxy_router.upstream.stats import StatsRegistry, StatsSettings
 
 REQUIRE_BROWSER_ENV = "GOPROXY_ROUTER_REQUIRE_BROWSER"
 CHROMIUM = "/usr/bin/chromium"

@@ -1,4 +1,4 @@
-"""The thin path for kept hits (router/hits.py) and the cheap per-request parts it relies on.
+"""The thin path for kept hits (router/serving/thin.py) and the cheap per-request parts it relies on.
 
 * a `.info`/`.mod` answered once from the memory tier is answered again
   without the request flow (proved by breaking the route table), with the
@@ -8,7 +8,7 @@
 * counters and the access-log line: in-process (log capture, the fallback)
   and from a real `serve` process (the line written by hand), which must
   have exactly the full flow's fields in the same order;
-* one schema (router/accesslog.py) builds both paths' fields and labels, and
+* one schema (router/serving/accesslog.py) builds both paths' fields and labels, and
   its line renderer writes exactly what JsonFormatter writes;
 * X-Forwarded-For and X-Request-Id only from trusted proxies;
 * HitTable bounds, LineSink batching and order, Clock, RequestIds.
@@ -35,12 +35,12 @@ import yaml
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
-from router import accesslog
-from router.cache import CacheEntry
-from router.config import parse_config
-from router.hits import HitTable, RenderedResponse
-from router.identity import PeerBook, RequestIds
-from router.logs import Clock, JsonFormatter, LineSink, direct_sink
+from goproxy_router.base.logs import Clock, JsonFormatter, LineSink, direct_sink
+from goproxy_router.config.schema import parse_config
+from goproxy_router.routing.identity import PeerBook, RequestIds
+from goproxy_router.serving import accesslog
+from goproxy_router.serving.thin import HitTable, RenderedResponse
+from goproxy_router.storage.disk import CacheEntry
 from tests.support import Module, ModuleTree, case_escape
 from tests.support.http import MakeEdge, MakeFake
 from tests.test_cache_serving import IMMUTABLE, Answer, ask, config, edge_of
@@ -523,7 +523,7 @@ def test_line_sink_batches_writes_and_keeps_order(tmp_path: Path) -> None:
 
 def test_direct_sink_only_when_setup_logging_alone_listens(
         caplog: pytest.LogCaptureFixture) -> None:
-    from router.logs import JsonLinesHandler
+    from goproxy_router.base.logs import JsonLinesHandler
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     access = logging.getLogger("router.access")

@@ -1,5 +1,5 @@
 # examples/plugins/office_hours.py: copy it into a `scoring.plugin_dirs` directory
-from router.scoring import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
+from goproxy_router.scoring import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
 
 
 class Options(PluginOptions):            # unknown keys are errors

@@ -1,0 +1,21 @@
+"""Ranking a route's upstreams: the plugin API, the engine that turns plugin
+factors into an order, and plugin loading (built-ins, entry points, plugin_dirs).
+
+The plugin API is importable from here (the README's example does):
+`from goproxy_router.scoring import Candidate, Plugin, PluginOptions, RequestContext,
+UpstreamName, Veto`.
+
+Must not import storage, forwarding, serving, ops or runtime.
+"""
+
+from goproxy_router.scoring.engine import (
+    Candidate,
+    Plugin,
+    PluginError,
+    PluginOptions,
+    RequestContext,
+    UpstreamName,
+    Veto,
+)
+
+__all__ = ["Candidate", "Plugin", "PluginError", "PluginOptions", "RequestContext", "UpstreamName", "Veto"]
