@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from goproxy_router.scoring.engine import Candidate, Plugin, RequestContext, Veto
+from goproxy_router.scoring.api import Candidate, Plugin, RequestContext, Veto
 from goproxy_router.upstream.stats import BreakerState
 
 

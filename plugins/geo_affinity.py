@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from goproxy_router.routing.countries import continent_of
-from goproxy_router.scoring.engine import Candidate, Plugin, PluginOptions, RequestContext
+from goproxy_router.scoring.api import Candidate, Plugin, PluginOptions, RequestContext
 
 Factor = Annotated[float, Field(gt=0)]
 

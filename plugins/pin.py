@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 
 from goproxy_router.protocol.patterns import PatternError, PatternTable, validate_glob
-from goproxy_router.scoring.engine import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
+from goproxy_router.scoring.api import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
 
 
 class PinRule(PluginOptions):

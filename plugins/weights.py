@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from goproxy_router.scoring.engine import Candidate, Plugin, PluginOptions, RequestContext
+from goproxy_router.scoring.api import Candidate, Plugin, PluginOptions, RequestContext
 
 
 class WeightsOptions(PluginOptions):

@@ -431,7 +431,7 @@ def test_validate_refuses_bad_options_of_a_plugin_dirs_plugin_with_file_and_line
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "office_hours.py").write_text(textwrap.dedent('''\
         from pydantic import BaseModel
-        from goproxy_router.scoring.engine import Plugin
+        from goproxy_router.scoring.api import Plugin
 
         class Options(BaseModel):
             days: int = 5

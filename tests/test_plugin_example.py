@@ -13,7 +13,9 @@ import textwrap
 
 from goproxy_router.config.schema import parse_config
 from goproxy_router.protocol.paths import Kind
-from goproxy_router.scoring.engine import Engine, RequestContext, load_plugins
+from goproxy_router.scoring.api import RequestContext
+from goproxy_router.scoring.engine import Engine
+from goproxy_router.scoring.loader import load_plugins
 from tests.conftest import REPO_ROOT
 from tests.support import Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake

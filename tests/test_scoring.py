@@ -12,18 +12,17 @@ import pytest
 
 from goproxy_router.config.schema import Scoring, Upstream
 from goproxy_router.protocol.paths import Kind
-from goproxy_router.scoring import engine as scoring
-from goproxy_router.scoring.engine import (
+from goproxy_router.scoring import loader
+from goproxy_router.scoring.api import (
     Candidate,
-    Engine,
     NoOptions,
     Plugin,
     PluginError,
     PluginOptions,
     RequestContext,
-    explain,
-    load_plugins,
 )
+from goproxy_router.scoring.engine import Engine, explain
+from goproxy_router.scoring.loader import load_plugins
 from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
 
@@ -230,7 +229,7 @@ def test_plugin_raising_at_request_time_is_neutral_logged_and_counted(
 
 DIR_PLUGIN = textwrap.dedent('''\
     from pydantic import BaseModel
-    from goproxy_router.scoring.engine import Plugin, Veto
+    from goproxy_router.scoring.api import Plugin, Veto
 
     class Options(BaseModel):
         avoid: str
@@ -272,7 +271,7 @@ def test_every_plugin_problem_is_reported_with_its_place(tmp_path: Path) -> None
 
 WHOLE_OPTIONS_PLUGIN = textwrap.dedent('''\
     from pydantic import model_validator
-    from goproxy_router.scoring.engine import Plugin, PluginOptions
+    from goproxy_router.scoring.api import Plugin, PluginOptions
 
     class Options(PluginOptions):
         low: float = 1.0
@@ -306,7 +305,7 @@ def test_problems_of_the_options_as_a_whole_are_reported_at_the_plugin(tmp_path:
 
 
 UPSTREAM_PLUGIN = textwrap.dedent('''\
-    from goproxy_router.scoring.engine import Plugin, PluginOptions, UpstreamName
+    from goproxy_router.scoring.api import Plugin, PluginOptions, UpstreamName
 
     class Options(PluginOptions):
         batch_upstream: UpstreamName
@@ -340,7 +339,7 @@ def test_broken_plugin_file_names_itself(tmp_path: Path) -> None:
 def test_plugin_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real installed distribution (dist-info on sys.path) advertising the entry point."""
     (tmp_path / "acme_scoring.py").write_text(textwrap.dedent('''\
-        from goproxy_router.scoring.engine import Plugin
+        from goproxy_router.scoring.api import Plugin
 
         class Prefer(Plugin):
             name = "prefer_b"
@@ -464,7 +463,7 @@ def test_pin_finds_its_rule_in_begin_and_keeps_no_request_context() -> None:
 
 def test_errors_is_the_breakers_old_name_and_warns_once(
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scoring, "_warned_renamed", set())
+    monkeypatch.setattr(loader, "_warned_renamed", set())
     assert Scoring().plugins == ("geo_affinity", "latency", "breaker", "weights")
     with caplog.at_level(logging.WARNING, logger="router.scoring"):
         load_plugins(Scoring().plugins)

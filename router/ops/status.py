@@ -73,7 +73,7 @@ from goproxy_router.upstream.client import config_secrets
 from goproxy_router.upstream.stats import BreakerState
 
 if TYPE_CHECKING:
-    from goproxy_router.scoring.engine import Candidate
+    from goproxy_router.scoring.api import Candidate
     from goproxy_router.serving.app import EdgeState
 
 log = logging.getLogger("router.status")

@@ -21,7 +21,8 @@ from goproxy_router.config.schema import (
 )
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.routes import RouteTable
-from goproxy_router.scoring.engine import PluginError, load_plugins
+from goproxy_router.scoring.api import PluginError
+from goproxy_router.scoring.loader import load_plugins
 
 log = logging.getLogger("router.cli")
 

@@ -8,7 +8,7 @@ UpstreamName, Veto`.
 Must not import storage, forwarding, serving, ops or runtime.
 """
 
-from goproxy_router.scoring.engine import (
+from goproxy_router.scoring.api import (
     Candidate,
     Plugin,
     PluginError,

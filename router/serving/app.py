@@ -47,7 +47,9 @@ from goproxy_router.routing.geo import GeoDatabase, IPAddress, parse_ip
 from goproxy_router.routing.identity import Peer, PeerBook, RequestIds
 from goproxy_router.routing.routes import AccessDenied, CompiledRoute, RouteTable, make_private
 from goproxy_router.routing.throttle import AuthThrottle
-from goproxy_router.scoring.engine import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
+from goproxy_router.scoring.api import Candidate, RequestContext
+from goproxy_router.scoring.engine import Engine, Ranking, explain
+from goproxy_router.scoring.loader import load_plugins
 from goproxy_router.serving import accesslog
 from goproxy_router.serving.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache, Lookup
 from goproxy_router.serving.exchange import EXCHANGE, Exchange
