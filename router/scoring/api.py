@@ -80,7 +80,10 @@ Where plugins come from (loader.py): `plugins/<name>.py` (built-ins, which
 cannot be shadowed; `errors` is the old name of `breaker`, still accepted
 with a warning), the entry-point group `goproxy_router.plugins` (name ->
 Plugin subclass), and the directories in `scoring.plugin_dirs` (file
-`<name>.py` defining exactly one Plugin subclass named `<name>`).
+`<name>.py` defining exactly one Plugin subclass named `<name>`). Import
+this API from `goproxy_router.scoring`; a plugin importing the old
+`router.scoring` (and `router.protocol.Kind`) still loads, with a warning
+(legacy.py).
 """
 
 from __future__ import annotations

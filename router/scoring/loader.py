@@ -8,6 +8,8 @@ one Plugin subclass named `<name>`). Options are validated against the
 plugin's `Options` (unknown keys always refused, `UpstreamName`s checked);
 `load_plugins` gathers every problem into one PluginError whose problems
 `validate` reports as `routes.yaml:LINE: scoring.plugins[i].<name>.<option>`.
+Third-party plugins still importing the old `router.scoring` load through
+legacy.py, with a warning.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from goproxy_router.base.logs import log_event
 from goproxy_router.config.schema import Loc, PluginSpec, validation_problems
+from goproxy_router.scoring import legacy
 from goproxy_router.scoring.api import Plugin, PluginError, PluginProblem
 
 log = logging.getLogger("router.scoring")
@@ -53,6 +56,25 @@ def _plugin_class(module: Any, name: str, origin: str) -> type[Plugin]:
     return found[0]
 
 
+_warned_old_imports: set[str] = set()
+
+
+def _before_import() -> None:
+    """Let a third-party plugin's old `router.scoring` imports resolve; start recording them."""
+    legacy.install()
+    legacy.take_uses()
+
+
+def _after_import(name: str) -> None:
+    """Warn (once per plugin) when the plugin just imported used the old module names."""
+    used = legacy.take_uses()
+    if used and name not in _warned_old_imports:
+        _warned_old_imports.add(name)
+        log_event(log, logging.WARNING, "plugin imports the old module path; import the new one",
+                  plugin=name, old=", ".join(sorted(used)),
+                  use=", ".join(legacy.NEW_PATHS[old] for old in sorted(used)))
+
+
 def _from_dirs(name: str, dirs: Iterable[str]) -> type[Plugin] | None:
     for directory in dirs:
         path = Path(directory) / f"{name}.py"
@@ -64,12 +86,14 @@ def _from_dirs(name: str, dirs: Iterable[str]) -> type[Plugin] | None:
             raise PluginError(f"plugin {name!r}: cannot load {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
+        _before_import()
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
             raise PluginError(f"plugin {name!r}: {path} failed to import: "
                               f"{type(exc).__name__}: {exc}") from None
+        _after_import(name)
         return _plugin_class(module, name, str(path))
     return None
 
@@ -78,11 +102,13 @@ def _from_entry_points(name: str) -> type[Plugin] | None:
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name != name:
             continue
+        _before_import()
         try:
             loaded = entry.load()
         except Exception as exc:
             raise PluginError(f"plugin {name!r}: entry point {entry.value} failed to load: "
                               f"{type(exc).__name__}: {exc}") from None
+        _after_import(name)
         if not (isinstance(loaded, type) and issubclass(loaded, Plugin)):
             raise PluginError(f"plugin {name!r}: entry point {entry.value} is not a Plugin subclass")
         return loaded
