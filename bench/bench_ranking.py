@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from goproxy_router.config.schema import Upstream
 from goproxy_router.protocol.paths import Kind
 from goproxy_router.scoring.engine import Candidate, Engine, RequestContext, load_plugins
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 COUNTRIES = [("CN",), ("HK",), ("JP",), ("SG",), ("DE",), ("FR",), ("US",), ("BR",), ("*",),
              ("CN", "HK", "MO")]

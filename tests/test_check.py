@@ -757,7 +757,7 @@ def test_one_redact_for_every_output() -> None:
     """What the config's credentials turn into (a URL's Basic token, a header's token)
     is scrubbed, even when an excerpt was cut in the middle of one; an auth scheme
     word alone is not a secret."""
-    from goproxy_router.upstream.client import UpstreamTarget
+    from goproxy_router.upstream.targets import UpstreamTarget
 
     target = UpstreamTarget.for_url("u", f"https://{USER}:{PASSWORD}@h.example/base",
                                     {"X-Api-Key": f"Key {SECRET}"})

@@ -24,8 +24,8 @@ from goproxy_router.scoring.engine import (
     explain,
     load_plugins,
 )
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 
 def candidate(name: str, rtt: float | None = None, *, countries: tuple[str, ...] = ("*",),

@@ -95,7 +95,7 @@ from yarl import URL
 from goproxy_router import __version__
 from goproxy_router.config.schema import Config, Timeouts
 from goproxy_router.config.secrets import redact
-from goproxy_router.upstream.client import UpstreamTarget, config_secrets, sumdb_targets
+from goproxy_router.upstream.targets import UpstreamTarget, config_secrets, sumdb_targets
 
 USER_AGENT = f"goproxy-router-check/{__version__}"
 HAPPY_EYEBALLS_DELAY = 0.25      # seconds; aiohttp's default

@@ -69,8 +69,8 @@ from yarl import URL
 
 from goproxy_router import __version__, ops
 from goproxy_router.config.secrets import redact
-from goproxy_router.upstream.client import config_secrets
 from goproxy_router.upstream.stats import BreakerState
+from goproxy_router.upstream.targets import config_secrets
 
 if TYPE_CHECKING:
     from goproxy_router.scoring.engine import Candidate

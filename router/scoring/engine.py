@@ -102,8 +102,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, Val
 from goproxy_router.base.logs import log_event
 from goproxy_router.config.schema import Loc, PluginSpec, Upstream, format_loc, validation_problems
 from goproxy_router.protocol.paths import Kind
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 log = logging.getLogger("router.scoring")
 

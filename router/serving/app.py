@@ -59,9 +59,10 @@ from goproxy_router.serving.thin import (
     hit_response,
     is_plain_get,
 )
-from goproxy_router.upstream.client import UpstreamClient, UpstreamTarget
+from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.probes import Prober, ProbeTarget
 from goproxy_router.upstream.stats import BreakerState, StatsRegistry, StatsSettings
+from goproxy_router.upstream.targets import UpstreamTarget
 
 log = accesslog.log
 errors_log = logging.getLogger("router.app")
