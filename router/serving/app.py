@@ -40,7 +40,7 @@ from goproxy_router.ops.metrics import (
     MetricsObserver,
     MetricsPoolObserver,
 )
-from goproxy_router.ops.status import setup_status
+from goproxy_router.ops.status.handlers import setup_status
 from goproxy_router.protocol.paths import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.geo import GeoDatabase, IPAddress, parse_ip
