@@ -25,8 +25,8 @@ from goproxy_router.protocol.paths import Kind
 from goproxy_router.scoring.api import Candidate, RequestContext
 from goproxy_router.scoring.engine import Engine
 from goproxy_router.scoring.loader import load_plugins
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 COUNTRIES = [("CN",), ("HK",), ("JP",), ("SG",), ("DE",), ("FR",), ("US",), ("BR",), ("*",),
              ("CN", "HK", "MO")]

@@ -28,8 +28,9 @@ from goproxy_router.protocol.paths import ModuleRequest, parse
 from goproxy_router.serving.artifacts import ArtifactCache, Lookup, MetaAnswer
 from goproxy_router.serving.exchange import EXCHANGE, Exchange
 from goproxy_router.storage.disk import CacheEntry, CacheWriter, MetadataCache
-from goproxy_router.upstream.client import UpstreamResponse, UpstreamTarget
+from goproxy_router.upstream.client import UpstreamResponse
 from goproxy_router.upstream.stats import StatsRegistry
+from goproxy_router.upstream.targets import UpstreamTarget
 
 MOD = b"module example.com/m\n"
 INFO = b'{"Version":"v1.0.0","Time":"2024-01-01T00:00:00Z"}'

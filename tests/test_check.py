@@ -30,7 +30,9 @@ from aiohttp import web
 
 from goproxy_router.config.schema import Config, parse_config
 from goproxy_router.config.secrets import REDACTED, redact, secret_values
-from goproxy_router.ops.check import CheckResult, check_all, render_table, route_verdicts, run
+from goproxy_router.ops.check.probe import check_all
+from goproxy_router.ops.check.report import render_table, run
+from goproxy_router.ops.check.targets import CheckResult, route_verdicts
 from goproxy_router.serving.app import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry
@@ -757,7 +759,7 @@ def test_one_redact_for_every_output() -> None:
     """What the config's credentials turn into (a URL's Basic token, a header's token)
     is scrubbed, even when an excerpt was cut in the middle of one; an auth scheme
     word alone is not a secret."""
-    from goproxy_router.upstream.client import UpstreamTarget
+    from goproxy_router.upstream.targets import UpstreamTarget
 
     target = UpstreamTarget.for_url("u", f"https://{USER}:{PASSWORD}@h.example/base",
                                     {"X-Api-Key": f"Key {SECRET}"})

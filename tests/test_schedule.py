@@ -11,8 +11,8 @@ import pytest
 from goproxy_router.config.schema import Hedge, Retry
 from goproxy_router.forwarding.budget import RetryBudget
 from goproxy_router.forwarding.schedule import AttemptSchedule, full_jitter
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 START = 1000.0
 

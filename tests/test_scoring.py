@@ -23,8 +23,8 @@ from goproxy_router.scoring.api import (
 )
 from goproxy_router.scoring.engine import Engine, explain
 from goproxy_router.scoring.loader import load_plugins
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 
 def candidate(name: str, rtt: float | None = None, *, countries: tuple[str, ...] = ("*",),

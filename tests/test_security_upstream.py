@@ -23,7 +23,8 @@ from aiohttp import web
 from yarl import URL
 
 from goproxy_router.config.schema import Timeouts
-from goproxy_router.upstream.client import UpstreamClient, UpstreamTarget
+from goproxy_router.upstream.client import UpstreamClient
+from goproxy_router.upstream.targets import UpstreamTarget
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, ThreadedFakeProxy
 from tests.support.http import MakeEdge, MakeFake, upstream_app
@@ -352,7 +353,7 @@ async def test_pool_timing_excludes_the_wait_from_the_headers_timeout(
     """At the client level: one connection, two requests to a 0.4 s upstream with a
     0.6 s headers timeout; the second waits ~0.4 s for the connection, then gets its
     own 0.6 s."""
-    from goproxy_router.upstream.client import PoolTiming
+    from goproxy_router.upstream.pool import PoolTiming
 
     slow = await fake_proxy(TREE, name="slow", faults=Faults(delay=0.4))
     client = UpstreamClient(limit_per_host=1)

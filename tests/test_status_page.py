@@ -27,17 +27,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from goproxy_router.config.schema import parse_config
 from goproxy_router.config.secrets import redact
-from goproxy_router.ops.status import (
-    CONTENT_SECURITY_POLICY,
-    LAST_ERROR_MAX,
-    STATUS_HISTORY,
-    STATUS_SOURCES,
-    StatusHistory,
-    build_snapshot,
-    public_url,
-    render_status,
-    setup_status,
-)
+from goproxy_router.ops.status.handlers import STATUS_HISTORY, STATUS_SOURCES, setup_status
+from goproxy_router.ops.status.history import StatusHistory
+from goproxy_router.ops.status.page import CONTENT_SECURITY_POLICY, render_status
+from goproxy_router.ops.status.snapshot import LAST_ERROR_MAX, build_snapshot, public_url
 from goproxy_router.serving.app import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry, StatsSettings

@@ -18,8 +18,9 @@ from aiohttp import web
 
 from goproxy_router.config.schema import Hedge, Retry, Timeouts
 from goproxy_router.protocol.integrity import SMALL_KINDS
-from goproxy_router.upstream.client import UpstreamResponse, UpstreamTarget
+from goproxy_router.upstream.client import UpstreamResponse
 from goproxy_router.upstream.stats import UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 if TYPE_CHECKING:
     from goproxy_router.forwarding.stream import ClientSink

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from goproxy_router.config.schema import Hedge, Retry
 from goproxy_router.forwarding.budget import RetryBudget
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

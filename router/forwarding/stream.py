@@ -24,8 +24,9 @@ from goproxy_router.storage.disk import (
     CacheUnavailable,
     CacheWriter,
 )
-from goproxy_router.upstream.client import AttemptError, AttemptTimeout, UpstreamTarget
+from goproxy_router.upstream.client import AttemptError, AttemptTimeout
 from goproxy_router.upstream.stats import UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 # (plan, target, stats, outcome, started, status, detail): records a failed attempt.
 Failed = Callable[[ForwardPlan, UpstreamTarget, UpstreamStats, Outcome, float, int | None, str],

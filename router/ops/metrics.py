@@ -22,7 +22,7 @@ from goproxy_router.base.logs import dropped_lines
 from goproxy_router.forwarding.forwarder import AttemptObserver
 from goproxy_router.routing.throttle import SURFACES, AuthThrottle
 from goproxy_router.serving.connections import ConnectionCounts
-from goproxy_router.upstream.client import PoolObserver
+from goproxy_router.upstream.pool import PoolObserver
 from goproxy_router.upstream.stats import BreakerState, StatsRegistry
 
 BREAKER_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}

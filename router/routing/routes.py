@@ -18,7 +18,7 @@ from goproxy_router.config.schema import Allow, Config, ConfigError, Hedge, Retr
 from goproxy_router.protocol.patterns import PatternTable
 from goproxy_router.routing.gate import in_networks, token_accepted
 from goproxy_router.routing.throttle import AuthThrottle, retry_after
-from goproxy_router.upstream.client import UpstreamTarget
+from goproxy_router.upstream.targets import UpstreamTarget
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

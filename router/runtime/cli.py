@@ -102,7 +102,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Probe every upstream and checksum database: 0 all routes served, 1 a route is not, 2 bad config."""
-    from goproxy_router.ops.check import run
+    from goproxy_router.ops.check.report import run
 
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         print(f"goproxy-router: --timeout must be a positive number of seconds, not {args.timeout}",

@@ -97,8 +97,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
 from goproxy_router.config.schema import Loc, Upstream, format_loc
 from goproxy_router.protocol.paths import Kind
-from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from goproxy_router.base.logs import log_event
 from goproxy_router.scoring.api import Candidate, NoOptions, Plugin, RequestContext, Veto
-from goproxy_router.upstream.client import UpstreamTarget
+from goproxy_router.upstream.targets import UpstreamTarget
 
 log = logging.getLogger("router.scoring")
 

@@ -40,7 +40,7 @@ from goproxy_router.ops.metrics import (
     MetricsObserver,
     MetricsPoolObserver,
 )
-from goproxy_router.ops.status import setup_status
+from goproxy_router.ops.status.handlers import setup_status
 from goproxy_router.protocol.paths import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.geo import GeoDatabase, IPAddress, parse_ip
@@ -61,9 +61,10 @@ from goproxy_router.serving.thin import (
     hit_response,
     is_plain_get,
 )
-from goproxy_router.upstream.client import UpstreamClient, UpstreamTarget
+from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.probes import Prober, ProbeTarget
 from goproxy_router.upstream.stats import BreakerState, StatsRegistry, StatsSettings
+from goproxy_router.upstream.targets import UpstreamTarget
 
 log = accesslog.log
 errors_log = logging.getLogger("router.app")

@@ -15,7 +15,7 @@ from goproxy_router.forwarding.forwarder import Forwarder, ForwardPlan, text_res
 from goproxy_router.protocol.paths import SumdbRequest
 from goproxy_router.routing.routes import CompiledRoute
 from goproxy_router.serving.exchange import EXCHANGE
-from goproxy_router.upstream.client import UpstreamTarget, sumdb_targets
+from goproxy_router.upstream.targets import UpstreamTarget, sumdb_targets
 
 
 class SumdbProxy:

@@ -5,29 +5,27 @@ minutes and must not be cut. Instead each phase is bounded: connect, time to
 response headers, and the idle gap between body chunks. Those clocks run
 only while the request is the upstream's business: time spent waiting for a
 connection of the edge's own pool (`pool.per_upstream`) is measured apart
-(PoolTiming, PoolObserver) and never counted against the upstream.
+(router/upstream/pool.py) and never counted against the upstream. Who a
+request goes to, with which credentials, is an `UpstreamTarget`
+(router/upstream/targets.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import AsyncIterator
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
-from pydantic import SecretStr
 from yarl import URL
 
 from goproxy_router import __version__
 from goproxy_router.base.compat import disable_hidden_retry
-from goproxy_router.config.schema import Config, SumDB, Timeouts, Upstream
-from goproxy_router.config.secrets import secret_values
+from goproxy_router.config.schema import Timeouts
 from goproxy_router.upstream.decoding import BodyDecoder, DecodeError, coding_of
+from goproxy_router.upstream.pool import PoolObserver, PoolTiming, Queueing, trace_config
 from goproxy_router.upstream.redirects import Hop, RedirectPolicy, RedirectRefused, Resolver, system_resolve
+from goproxy_router.upstream.targets import UpstreamTarget
 
 USER_AGENT = f"goproxy-router/{__version__}"
 # The response body buffer's low-water mark (aiohttp pauses the socket above twice
@@ -54,158 +52,6 @@ class AttemptTimeout(Exception):
 
 class AttemptError(Exception):
     """The upstream could not be reached or broke the exchange."""
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """A named upstream as the sender sees it: base URL, its own headers, and the
-    secrets among them (what `redact` must scrub from anything this upstream says).
-
-    `for_url` is the one place an upstream's request is built, for serving,
-    active probes, checksum databases and `check` alike.
-    """
-
-    name: str
-    base_url: str
-    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-    redirects: tuple[str, ...] = ()    # other origins its redirects may lead to
-
-    @classmethod
-    def for_url(cls, name: str, url: str,
-                headers: Mapping[str, SecretStr | str] | None = None,
-                redirects: tuple[str, ...] = ()) -> UpstreamTarget:
-        """Credentials in the URL (user:password@) become a Basic Authorization header:
-        the base URL itself, which appears in logs and pages, then carries none."""
-        sent = {k: v.get_secret_value() if isinstance(v, SecretStr) else v
-                for k, v in (headers or {}).items()}
-        parsed = URL(url)
-        in_url: list[str] = []
-        if parsed.user is not None or parsed.password is not None:
-            user, password = parsed.user or "", parsed.password or ""
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            sent.setdefault("Authorization", f"Basic {token}")
-            # The user too: it may be the token itself (https://TOKEN@host).
-            in_url = [v for v in (user, password, parsed.raw_user, parsed.raw_password) if v]
-            parsed = parsed.with_user(None)
-        return cls(name=name, base_url=str(parsed).rstrip("/"), headers=sent,
-                   secrets=secret_values([*sent.values(), *in_url]), redirects=redirects)
-
-    @classmethod
-    def from_config(cls, name: str, upstream: Upstream) -> UpstreamTarget:
-        return cls.for_url(name, upstream.url, upstream.headers, upstream.redirects)
-
-    def url_for(self, path: str) -> URL:
-        """Join the base URL (which may carry a path prefix) and an escaped path."""
-        return URL(self.base_url + path, encoded=True)
-
-
-def sumdb_targets(db: SumDB) -> tuple[UpstreamTarget, ...]:
-    """A checksum database's URL and its mirrors, named as logs and errors name them."""
-    return tuple(UpstreamTarget.for_url(db.name if i == 0 else f"{db.name} mirror {i}", url)
-                 for i, url in enumerate((db.url, *db.mirrors)))
-
-
-def config_secrets(config: Config) -> tuple[str, ...]:
-    """Every secret of every upstream and checksum database URL in `config`, longest first."""
-    found = {secret for name, upstream in config.upstreams.items()
-             for secret in UpstreamTarget.from_config(name, upstream).secrets}
-    found.update(secret for db in config.sumdb for target in sumdb_targets(db)
-                 for secret in target.secrets)
-    return tuple(sorted(found, key=lambda s: (-len(s), s)))
-
-
-class PoolTiming:
-    """How long one attempt waited for a connection of the edge's own pool: the edge's
-    queueing, not the upstream's slowness, so the caller takes it off the attempt's time."""
-
-    __slots__ = ("queued", "_since")
-
-    def __init__(self) -> None:
-        self.queued = 0.0
-        self._since: float | None = None
-
-    @property
-    def waiting(self) -> bool:
-        return self._since is not None
-
-    def enter(self, now: float) -> None:
-        if self._since is None:
-            self._since = now
-
-    def leave(self, now: float) -> float:
-        """End a wait; returns how long it was."""
-        if self._since is None:
-            return 0.0
-        wait, self._since = now - self._since, None
-        self.queued += wait
-        return wait
-
-    def waited(self, now: float | None = None) -> float:
-        """Seconds queued so far, a wait in progress included."""
-        if self._since is None:
-            return self.queued
-        return self.queued + (time.monotonic() if now is None else now) - self._since
-
-
-class PoolObserver:
-    """Hooks the metrics use to see the pool; these defaults do nothing."""
-
-    def queued(self, upstream: str) -> None:
-        """A request to `upstream` started waiting for a connection."""
-
-    def dequeued(self, upstream: str, seconds: float) -> None:
-        """It got one (or gave up) after `seconds`."""
-
-
-class _Queueing:
-    """One request's view of the pool, handed to aiohttp's trace hooks: while it waits
-    for a connection, its headers timeout is paused and the wait is timed apart."""
-
-    __slots__ = ("upstream", "timing", "observer", "timeout", "_remaining")
-
-    def __init__(self, upstream: str, timing: PoolTiming, observer: PoolObserver,
-                 timeout: asyncio.Timeout) -> None:
-        self.upstream = upstream
-        self.timing = timing
-        self.observer = observer
-        self.timeout = timeout
-        self._remaining: float | None = None
-
-    def pause(self) -> None:
-        if self.timing.waiting:
-            return
-        self.timing.enter(time.monotonic())
-        self.observer.queued(self.upstream)
-        when = self.timeout.when()
-        if when is not None:
-            self._remaining = when - asyncio.get_running_loop().time()
-            self.timeout.reschedule(None)
-
-    def resume(self) -> None:
-        if not self.timing.waiting:
-            return
-        self.observer.dequeued(self.upstream, self.timing.leave(time.monotonic()))
-        if self._remaining is not None:
-            remaining, self._remaining = self._remaining, None
-            self.timeout.reschedule(asyncio.get_running_loop().time() + remaining)
-
-    def settle(self) -> None:
-        """The request is over: a wait it was still in (cancelled, failed) ends here."""
-        if self.timing.waiting:
-            self.observer.dequeued(self.upstream, self.timing.leave(time.monotonic()))
-
-
-async def _on_queued_start(session: aiohttp.ClientSession, ctx: SimpleNamespace,
-                           params: aiohttp.TraceConnectionQueuedStartParams) -> None:
-    if isinstance(ctx.trace_request_ctx, _Queueing):
-        ctx.trace_request_ctx.pause()
-
-
-async def _on_queued_end(session: aiohttp.ClientSession, ctx: SimpleNamespace,
-                         params: aiohttp.TraceConnectionQueuedEndParams) -> None:
-    if isinstance(ctx.trace_request_ctx, _Queueing):
-        ctx.trace_request_ctx.resume()
 
 
 class UpstreamResponse:
@@ -335,9 +181,6 @@ class UpstreamClient:
             keepalive_timeout=10,
             enable_cleanup_closed=True,
         )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_queued_start.append(_on_queued_start)
-        trace.on_connection_queued_end.append(_on_queued_end)
         # auto_decompress=False: a compressed body is decoded by UpstreamResponse, bounded.
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -346,7 +189,7 @@ class UpstreamClient:
             headers={"User-Agent": USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=READ_BUFSIZE,
-            trace_configs=[trace],
+            trace_configs=[trace_config()],
         )
         # aiohttp silently re-sends an idempotent request once when the connection
         # drops before the response; the attempt policy owns retries (and counts
@@ -380,10 +223,10 @@ class UpstreamClient:
         policy = RedirectPolicy(url, target.redirects, self._resolver)
         hop = Hop(url)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
-        queueing: _Queueing | None = None
+        queueing: Queueing | None = None
         try:
             async with asyncio.timeout(timeouts.headers) as deadline:
-                queueing = _Queueing(target.name, timing, self.observer, deadline)
+                queueing = Queueing(target.name, timing, self.observer, deadline)
                 for _ in range(MAX_REDIRECTS + 1):
                     response = await self._send(target, hop, method, timeout, queueing)
                     location = response.headers.get("Location")
@@ -407,7 +250,7 @@ class UpstreamClient:
                 queueing.settle()      # aiohttp does not say when a wait ends in an error
 
     async def _send(self, target: UpstreamTarget, hop: Hop, method: str,
-                    timeout: aiohttp.ClientTimeout, queueing: _Queueing) -> aiohttp.ClientResponse:
+                    timeout: aiohttp.ClientTimeout, queueing: Queueing) -> aiohttp.ClientResponse:
         """One request of a redirect chain: by name, or to the addresses a cross-origin
         redirect was checked against (pinned), tried in turn."""
         assert self._session is not None

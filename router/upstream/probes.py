@@ -20,14 +20,10 @@ from dataclasses import dataclass
 from goproxy_router.base.logs import log_event
 from goproxy_router.config.schema import Probes, Timeouts
 from goproxy_router.config.secrets import redact
-from goproxy_router.upstream.client import (
-    AttemptError,
-    AttemptTimeout,
-    PoolTiming,
-    UpstreamClient,
-    UpstreamTarget,
-)
+from goproxy_router.upstream.client import AttemptError, AttemptTimeout, UpstreamClient
+from goproxy_router.upstream.pool import PoolTiming
 from goproxy_router.upstream.stats import BreakerState, StatsRegistry, UpstreamStats
+from goproxy_router.upstream.targets import UpstreamTarget
 
 log = logging.getLogger("router.probes")
 
