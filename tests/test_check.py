@@ -31,7 +31,7 @@ from aiohttp import web
 from goproxy_router.config.schema import Config, parse_config
 from goproxy_router.config.secrets import REDACTED, redact, secret_values
 from goproxy_router.ops.check import CheckResult, check_all, render_table, route_verdicts, run
-from goproxy_router.serving.app import EdgeState
+from goproxy_router.serving.edge import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry
 from tests.conftest import REPO_ROOT

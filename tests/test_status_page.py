@@ -38,7 +38,7 @@ from goproxy_router.ops.status import (
     render_status,
     setup_status,
 )
-from goproxy_router.serving.app import EdgeState
+from goproxy_router.serving.edge import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry, StatsSettings
 

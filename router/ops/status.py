@@ -74,7 +74,7 @@ from goproxy_router.upstream.stats import BreakerState
 
 if TYPE_CHECKING:
     from goproxy_router.scoring.engine import Candidate
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
 
 log = logging.getLogger("router.status")
 
