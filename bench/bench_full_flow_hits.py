@@ -24,7 +24,7 @@ ONE_RUN = r'''
 import asyncio, sys, tempfile, time, yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from goproxy_router.serving.app import build_app
+from goproxy_router.runtime.app import build_app
 from goproxy_router.config.schema import parse_config
 from tests.support import FakeProxy, Module, ModuleTree
 

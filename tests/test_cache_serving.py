@@ -45,7 +45,7 @@ from multidict import CIMultiDict
 from goproxy_router.config.schema import parse_config
 from goproxy_router.routing.geo import GeoDatabase
 from goproxy_router.scoring.engine import Engine
-from goproxy_router.serving.app import EDGE
+from goproxy_router.serving.edge import EDGE
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Faults, Module, ModuleTree, ThreadedFakeProxy, case_escape
 from tests.support.http import MakeEdge, MakeFake

@@ -33,7 +33,7 @@ from goproxy_router.config.secrets import REDACTED, redact, secret_values
 from goproxy_router.ops.check.probe import check_all
 from goproxy_router.ops.check.report import render_table, run
 from goproxy_router.ops.check.targets import CheckResult, route_verdicts
-from goproxy_router.serving.app import EdgeState
+from goproxy_router.serving.edge import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry
 from tests.conftest import REPO_ROOT

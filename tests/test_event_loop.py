@@ -35,7 +35,7 @@ from goproxy_router.base.logs import LineSink, dropped_lines
 from goproxy_router.config.schema import parse_config
 from goproxy_router.ops.metrics import Metrics
 from goproxy_router.routing import geo
-from goproxy_router.serving.app import EDGE
+from goproxy_router.serving.edge import EDGE
 from tests.conftest import REPO_ROOT, free_port
 from tests.support.http import MakeEdge
 from tests.support.mmdb import write_country_db

@@ -41,8 +41,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
 from goproxy_router.config.schema import parse_config
+from goproxy_router.runtime.app import build_app
 from goproxy_router.serving import filesend
-from goproxy_router.serving.app import EDGE, build_app
+from goproxy_router.serving.edge import EDGE
 from tests.conftest import RouterProcess
 from tests.support import FakeProxy, Module, ModuleTree, ThreadedFakeProxy, case_escape
 from tests.test_cache_serving import get_all

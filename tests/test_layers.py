@@ -70,13 +70,8 @@ def test_every_package_folder_is_a_known_layer() -> None:
     assert folders == set(LAYERS)
 
 
-PENDING = {"router/serving/app.py"}     # build_app moves to runtime/ next
-
-
-@pytest.mark.parametrize(("path", "layer"), [
-    pytest.param(path, layer, id=path,
-                 marks=[pytest.mark.xfail(strict=True, reason="split pending")] if path in PENDING else [])
-    for path, layer in _code()])
+@pytest.mark.parametrize(("path", "layer"), [pytest.param(path, layer, id=path)
+                                              for path, layer in _code()])
 def test_no_module_imports_a_layer_above_its_own(path: str, layer: str) -> None:
     assert upward_imports(path, layer) == []
 

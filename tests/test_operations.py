@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from goproxy_router.base.logs import JsonFormatter
-from goproxy_router.serving.app import EDGE
+from goproxy_router.serving.edge import EDGE
 from tests.conftest import RouterProcess
 from tests.support import Faults, Module, ModuleTree, RefusedPort, ThreadedFakeProxy
 from tests.support.http import MakeEdge, MakeFake, raw_get, threaded_http_server

@@ -31,7 +31,7 @@ from goproxy_router.ops.status.handlers import STATUS_HISTORY, STATUS_SOURCES, s
 from goproxy_router.ops.status.history import StatusHistory
 from goproxy_router.ops.status.page import CONTENT_SECURITY_POLICY, render_status
 from goproxy_router.ops.status.snapshot import LAST_ERROR_MAX, build_snapshot, public_url
-from goproxy_router.serving.app import EdgeState
+from goproxy_router.serving.edge import EdgeState
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.stats import StatsRegistry, StatsSettings
 

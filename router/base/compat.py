@@ -120,7 +120,7 @@ INTERNALS: tuple[Internal, ...] = (
              _has_sendfile_fallback),
     Internal("aiohttp.http_writer.StreamWriter._compress", "router/serving/filesend.py",
              "a compressing writer must not get raw file bytes", _has_writer_compress),
-    Internal("aiohttp.web.Server.request_handler", "router/serving/app.py",
+    Internal("aiohttp.web.Server.request_handler", "router/runtime/app.py",
              "the thin hit path answers kept hits before routing and middleware",
              _has_swappable_handler),
     Internal("aiohttp.web.Server.connection_made/connection_lost", "router/serving/connections.py",

@@ -122,7 +122,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         return _explain_remote(args)
     from goproxy_router.protocol.paths import ProtocolError
     from goproxy_router.routing.geo import parse_ip
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
     from goproxy_router.upstream.client import UpstreamClient
     from goproxy_router.upstream.stats import StatsRegistry, StatsSettings
 

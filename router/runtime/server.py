@@ -207,7 +207,8 @@ async def serve(config: Config, options: ServeOptions,
 
     Raises StartupError when the edge cannot start (port taken, cache not writable, ...).
     """
-    from goproxy_router.serving.app import EDGE, build_app, install_thin_path
+    from goproxy_router.runtime.app import build_app, install_thin_path
+    from goproxy_router.serving.edge import EDGE
 
     try:
         app = build_app(config)

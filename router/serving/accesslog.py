@@ -1,6 +1,6 @@
 """The access log's one schema: its ordered fields, the request metric's labels, the renderer.
 
-The full flow (router/serving/app.py) and the thin path (router/serving/thin.py) both build
+The full flow (router/serving/middleware.py) and the thin path (router/serving/thin.py) both build
 a request's fields with `fields` and its labels with `labels`; the thin
 path keeps the fixed part rendered once by `prefix` and writes its line
 with `line`, which renders exactly what JsonFormatter renders for the full

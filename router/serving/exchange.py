@@ -19,7 +19,7 @@ from goproxy_router.routing.geo import IPAddress
 from goproxy_router.storage.disk import CacheEntry
 
 if TYPE_CHECKING:
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from goproxy_router.ops.status.page import CONTENT_SECURITY_POLICY, render_statu
 from goproxy_router.ops.status.snapshot import Snapshot, build_snapshot
 
 if TYPE_CHECKING:
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
 
 STATUS_PATH = "/_router/status"
 STATUS_JSON_PATH = "/_router/status.json"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
 
 log = logging.getLogger("router.status")
 

@@ -24,7 +24,7 @@ from goproxy_router.upstream.targets import config_secrets
 
 if TYPE_CHECKING:
     from goproxy_router.scoring.api import Candidate
-    from goproxy_router.serving.app import EdgeState
+    from goproxy_router.serving.edge import EdgeState
 
 REFRESH_SECONDS = 5             # the script's refresh period
 LAST_ERROR_MAX = 160            # characters of an upstream error shown
