@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from goproxy_router.config.schema import Upstream
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring.engine import Candidate, Engine, RequestContext, load_plugins
 from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats

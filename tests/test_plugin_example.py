@@ -12,7 +12,7 @@ import re
 import textwrap
 
 from goproxy_router.config.schema import parse_config
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring.engine import Engine, RequestContext, load_plugins
 from tests.conftest import REPO_ROOT
 from tests.support import Module, ModuleTree

@@ -58,7 +58,7 @@ cache or the app):
 
 - `RequestContext`: `route` (its name), `module` (decoded path, e.g.
   `github.com/Azure/x`), `kind` (what is asked for: a
-  `goproxy_router.protocol.paths.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
+  `goproxy_router.protocol.requests.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
   `str` enum, so `ctx.kind == "zip"` holds too; explain ranks as `INFO`),
   `client_ip`, `country` (ISO 3166-1 alpha-2) and `continent` (AF AN AS EU
   NA OC SA), both None when unknown, and `now` (time.monotonic() at
@@ -101,7 +101,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, Val
 
 from goproxy_router.base.logs import log_event
 from goproxy_router.config.schema import Loc, PluginSpec, Upstream, format_loc, validation_problems
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import UpstreamStats
 

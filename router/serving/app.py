@@ -41,7 +41,8 @@ from goproxy_router.ops.metrics import (
     MetricsPoolObserver,
 )
 from goproxy_router.ops.status import setup_status
-from goproxy_router.protocol.paths import Kind, ModuleRequest, ProtocolError, SumdbRequest, check_path, parse
+from goproxy_router.protocol.paths import ProtocolError, check_path
+from goproxy_router.protocol.requests import Kind, ModuleRequest, SumdbRequest, parse
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.geo import GeoDatabase, IPAddress, parse_ip
 from goproxy_router.routing.identity import Peer, PeerBook, RequestIds

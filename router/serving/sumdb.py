@@ -12,7 +12,7 @@ from aiohttp import web
 
 from goproxy_router.config.schema import Hedge, SumDB, Timeouts
 from goproxy_router.forwarding.forwarder import Forwarder, ForwardPlan, text_response
-from goproxy_router.protocol.paths import SumdbRequest
+from goproxy_router.protocol.requests import SumdbRequest
 from goproxy_router.routing.routes import CompiledRoute
 from goproxy_router.serving.exchange import EXCHANGE
 from goproxy_router.upstream.client import UpstreamTarget, sumdb_targets
