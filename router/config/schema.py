@@ -30,8 +30,9 @@ from pydantic import (
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from goproxy_router.config.secrets import redact, secret_values
+from goproxy_router.protocol.pathmatch import PatternError
 from goproxy_router.protocol.paths import sumdb_name_problem
-from goproxy_router.protocol.patterns import PatternError, validate_glob
+from goproxy_router.protocol.patterns import validate_glob
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Loc = tuple[str | int, ...]
