@@ -25,7 +25,7 @@ import asyncio, sys, tempfile, time, yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from goproxy_router.serving.app import build_app
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from tests.support import FakeProxy, Module, ModuleTree
 
 async def main(requests: int) -> None:

@@ -28,7 +28,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from goproxy_router.config.schema import Config, parse_config
+from goproxy_router.config.loader import parse_config
+from goproxy_router.config.schema import Config
 from goproxy_router.config.secrets import REDACTED, redact, secret_values
 from goproxy_router.ops.check import CheckResult, check_all, render_table, route_verdicts, run
 from goproxy_router.serving.app import EdgeState

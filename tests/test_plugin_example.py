@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import textwrap
 
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring.engine import Engine, RequestContext, load_plugins
 from tests.conftest import REPO_ROOT

@@ -100,7 +100,8 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args, get_ori
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo
 
 from goproxy_router.base.logs import log_event
-from goproxy_router.config.schema import Loc, PluginSpec, Upstream, format_loc, validation_problems
+from goproxy_router.config.loader import Loc, format_loc, validation_problems
+from goproxy_router.config.schema import PluginSpec, Upstream
 from goproxy_router.protocol.requests import Kind
 from goproxy_router.upstream.client import UpstreamTarget
 from goproxy_router.upstream.stats import UpstreamStats
