@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from goproxy_router.config.schema import Upstream
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring.api import Candidate, RequestContext
 from goproxy_router.scoring.engine import Engine
 from goproxy_router.scoring.loader import load_plugins

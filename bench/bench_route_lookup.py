@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from goproxy_router.protocol.patterns import PatternTable, match_prefix_patterns
+from goproxy_router.protocol.pathmatch import match_prefix_patterns
+from goproxy_router.protocol.patterns import PatternTable
 
 N_PATTERNS = 1000
 

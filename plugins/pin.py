@@ -16,7 +16,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from goproxy_router.protocol.patterns import PatternError, PatternTable, validate_glob
+from goproxy_router.protocol.pathmatch import PatternError
+from goproxy_router.protocol.patterns import PatternTable, validate_glob
 from goproxy_router.scoring.api import Candidate, Plugin, PluginOptions, RequestContext, UpstreamName, Veto
 
 

@@ -299,7 +299,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """
     from aiohttp.test_utils import TestClient, TestServer
 
-    from goproxy_router.config.schema import parse_config
+    from goproxy_router.config.loader import parse_config
     from goproxy_router.runtime.app import build_app, install_thin_path
 
     clients: list[TestClient] = []

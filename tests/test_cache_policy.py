@@ -24,7 +24,7 @@ from aiohttp.test_utils import make_mocked_request
 from goproxy_router.config.schema import Cache, Timeouts
 from goproxy_router.forwarding.fetching import Attempt, Fetched, Fetcher, ForwardPlan, Outcome
 from goproxy_router.forwarding.stream import ClientSink
-from goproxy_router.protocol.paths import ModuleRequest, parse
+from goproxy_router.protocol.requests import ModuleRequest, parse
 from goproxy_router.serving.artifacts import ArtifactCache, Lookup, MetaAnswer
 from goproxy_router.serving.exchange import EXCHANGE, Exchange
 from goproxy_router.storage.disk import CacheEntry, CacheWriter, MetadataCache

@@ -42,7 +42,7 @@ import yaml
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.routing.geo import GeoDatabase
 from goproxy_router.scoring.engine import Engine
 from goproxy_router.serving.edge import EDGE

@@ -28,7 +28,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from goproxy_router.config.schema import Config, parse_config
+from goproxy_router.config.loader import parse_config
+from goproxy_router.config.schema import Config
 from goproxy_router.config.secrets import REDACTED, redact, secret_values
 from goproxy_router.ops.check.probe import check_all
 from goproxy_router.ops.check.report import render_table, run

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from goproxy_router.config.schema import (
-    DEFAULT_CACHE_MAX_SIZE,
-    ConfigError,
-    load_config,
-    parse_config,
-    parse_size,
-)
+from goproxy_router.config.loader import ConfigError, load_config, parse_config
+from goproxy_router.config.schema import DEFAULT_CACHE_MAX_SIZE
+from goproxy_router.config.values import parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 

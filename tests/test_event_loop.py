@@ -32,7 +32,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from goproxy_router.base.logs import LineSink, dropped_lines
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.ops.metrics import Metrics
 from goproxy_router.routing import geo
 from goproxy_router.serving.edge import EDGE

@@ -40,7 +40,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
 
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.runtime.app import build_app
 from goproxy_router.serving import filesend
 from goproxy_router.serving.edge import EDGE

@@ -619,7 +619,7 @@ async def test_url_credentials_and_an_authorization_header_do_not_crash_a_reques
     refused by the config check or fails over like any broken upstream: never a 500."""
     import yaml
 
-    from goproxy_router.config.schema import ConfigError, parse_config
+    from goproxy_router.config.loader import ConfigError, parse_config
 
     good = await fake_proxy(TREE, name="good")
     with RefusedPort() as refused:

@@ -10,12 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from goproxy_router.protocol.patterns import (
-    PatternError,
-    PatternTable,
-    match_prefix_patterns,
-    validate_glob,
-)
+from goproxy_router.protocol.pathmatch import PatternError, match_prefix_patterns
+from goproxy_router.protocol.patterns import PatternTable, validate_glob
 
 MATCH_CASES: list[tuple[str, str, bool]] = [
     # Examples from the Go documentation (go help module-private).

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import textwrap
 
-from goproxy_router.config.schema import parse_config
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.config.loader import parse_config
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring.api import RequestContext
 from goproxy_router.scoring.engine import Engine
 from goproxy_router.scoring.loader import load_plugins

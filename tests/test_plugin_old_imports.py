@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring import legacy, loader
 from goproxy_router.scoring.api import PluginError, RequestContext, Veto
 from goproxy_router.scoring.engine import Engine
@@ -83,7 +83,7 @@ def test_a_plugin_dirs_plugin_with_the_old_imports_loads_scores_and_is_warned_ab
     fields = warning.fields                             # type: ignore[attr-defined]
     assert fields["plugin"] == "old_style"
     assert fields["old"] == "router.protocol, router.scoring"
-    assert fields["use"] == "goproxy_router.protocol.paths, goproxy_router.scoring"
+    assert fields["use"] == "goproxy_router.protocol, goproxy_router.scoring"
     assert sys.meta_path[-1].__class__.__name__ == "_OldNames"      # last: anything real wins
 
 
@@ -122,7 +122,7 @@ def test_an_entry_point_plugin_with_the_old_imports_loads_with_a_warning(
 @pytest.mark.usefixtures("no_router")
 def test_the_new_import_path_loads_without_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    new_style = (OLD_STYLE.replace("from router.protocol import", "from goproxy_router.protocol.paths import")
+    new_style = (OLD_STYLE.replace("from router.protocol import", "from goproxy_router.protocol import")
                  .replace("from router.scoring import", "from goproxy_router.scoring import"))
     (tmp_path / "new_style.py").write_text(new_style.format(name="new_style"))
     with caplog.at_level(logging.WARNING, logger="router.scoring"):

@@ -15,19 +15,16 @@ from hypothesis import strategies as st
 
 from goproxy_router.protocol import paths as protocol
 from goproxy_router.protocol.paths import (
-    Kind,
-    ModuleRequest,
     ProtocolError,
-    SumdbRequest,
     check_path,
     check_version_query,
     escape_path,
     escape_version,
     is_canonical,
-    parse,
     unescape_path,
     unescape_version,
 )
+from goproxy_router.protocol.requests import Kind, ModuleRequest, SumdbRequest, parse
 
 FAST = settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]

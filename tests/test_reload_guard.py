@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from goproxy_router.config.loader import load_config, parse_config
 from goproxy_router.config.safety import weakenings
-from goproxy_router.config.schema import Config, load_config, parse_config
+from goproxy_router.config.schema import Config
 from goproxy_router.runtime.server import Reloader
 from tests.conftest import RouterProcess
 from tests.support import Module, ModuleTree, ThreadedFakeProxy

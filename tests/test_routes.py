@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from goproxy_router.config.schema import ConfigError, parse_config
+from goproxy_router.config.loader import ConfigError, parse_config
 from goproxy_router.routing.geo import client_address
 from goproxy_router.routing.routes import AccessDenied, RouteTable
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from goproxy_router.config.schema import Scoring, Upstream
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.scoring import loader
 from goproxy_router.scoring.api import (
     Candidate,

@@ -428,7 +428,7 @@ async def test_throttle_does_not_touch_clients_without_credentials_or_in_the_net
 
 def test_require_all_does_not_compare_a_token_from_outside_the_networks() -> None:
     """Otherwise a client outside could tell a right token (403 network) from a wrong one."""
-    from goproxy_router.config.schema import parse_config
+    from goproxy_router.config.loader import parse_config
     from goproxy_router.routing.routes import RouteTable
     config = parse_config(
         "upstreams: {a: {url: 'http://a.example'}}\n"

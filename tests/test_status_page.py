@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.config.secrets import redact
 from goproxy_router.ops.status.handlers import STATUS_HISTORY, STATUS_SOURCES, setup_status
 from goproxy_router.ops.status.history import StatusHistory

@@ -36,7 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 
 from goproxy_router.base.logs import Clock, JsonFormatter, LineSink, direct_sink
-from goproxy_router.config.schema import parse_config
+from goproxy_router.config.loader import parse_config
 from goproxy_router.routing.identity import PeerBook, RequestIds
 from goproxy_router.serving import accesslog
 from goproxy_router.serving.thin import HitTable, RenderedResponse

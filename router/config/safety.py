@@ -25,8 +25,9 @@ from collections.abc import Iterable, Mapping
 
 from yarl import URL
 
-from goproxy_router.config.schema import Allow, Config, LoadedConfig, Loc, Route
-from goproxy_router.protocol.patterns import match_prefix_patterns
+from goproxy_router.config.loader import LoadedConfig, Loc
+from goproxy_router.config.schema import Allow, Config, Route
+from goproxy_router.protocol.pathmatch import match_prefix_patterns
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIN_TOKEN = 16      # characters; a shorter token is guessable at the rate a client can try

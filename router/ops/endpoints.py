@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from goproxy_router.forwarding.forwarder import text_response
+from goproxy_router.forwarding.fetching import text_response
 from goproxy_router.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from goproxy_router.protocol.paths import ProtocolError
 from goproxy_router.routing.geo import parse_ip

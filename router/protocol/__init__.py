@@ -5,3 +5,8 @@ one for what was asked (integrity).
 No I/O, no event loop, no configuration. Must not import any goproxy_router package
 but base.
 """
+
+# Plugins see ctx.kind as this: `from goproxy_router.protocol import Kind` (README).
+from goproxy_router.protocol.requests import Kind
+
+__all__ = ["Kind"]

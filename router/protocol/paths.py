@@ -1,52 +1,36 @@
-"""The Go module proxy protocol: parse, validate and escape request paths.
+"""Module paths, versions and checksum-database names: their checks and case-encoding.
 
 Pure (no I/O, no aiohttp), so every rule is testable alone. The rules follow
 ``golang.org/x/mod/module`` (CheckPath, EscapePath, EscapeVersion) and
 ``golang.org/x/mod/semver``, written afresh here. Where this module is
-stricter than Go, the docstring of the check says so and why: a request that
-fails here is answered 400/404 at the edge and never reaches an upstream.
-
-Request paths arrive the way the go command sends them: percent-encoded
-(``!`` may come as ``%21``; ``+`` is raw and never means space) and
-case-encoded (``github.com/Azure/x`` travels as ``github.com/!azure/x``).
+stricter than Go, the docstring of the check says so and why: a name that
+fails here is answered 400 at the edge and never reaches an upstream.
+What a whole request path means is protocol/requests.py.
 """
 
 from __future__ import annotations
 
-import enum
-import functools
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 __all__ = [
-    "Kind",
-    "ModuleRequest",
+    "SUMDB_ENDPOINTS",
     "ProtocolError",
-    "SumdbRequest",
+    "case_decode",
+    "case_encode",
     "check_path",
     "check_version_query",
     "escape_path",
     "escape_version",
+    "go_quote",
     "is_canonical",
     "is_semver",
-    "parse",
+    "semver_canonical",
     "sumdb_name_problem",
     "unescape_path",
     "unescape_version",
 ]
-
-
-class Kind(enum.StrEnum):
-    """What a module proxy request asks for."""
-
-    LIST = "list"
-    INFO = "info"
-    MOD = "mod"
-    ZIP = "zip"
-    LATEST = "latest"
 
 
 class ProtocolError(Exception):
@@ -92,7 +76,7 @@ def is_semver(v: str) -> bool:
     return _SEMVER_RE.fullmatch(v) is not None
 
 
-def _canonical(v: str) -> str | None:
+def semver_canonical(v: str) -> str | None:
     """semver.Canonical plus ``+incompatible``, or None if v is not semver."""
     m = _SEMVER_RE.fullmatch(v)
     if m is None:
@@ -113,7 +97,7 @@ _WINDOWS_RESERVED = frozenset(
 _TILDE_DIGITS_RE = re.compile(r"~[0-9]+")
 
 
-def _q(s: str, limit: int = 120) -> str:
+def go_quote(s: str, limit: int = 120) -> str:
     """Quote s like Go's %q, on one line and short enough for go's output."""
     if len(s) > limit:
         s = s[:limit] + "..."
@@ -124,7 +108,7 @@ def _windows_problem(elem: str) -> str | None:
     """Reserved device names cannot be files on Windows, whatever follows a dot."""
     short = elem.split(".", 1)[0]
     if short.lower() in _WINDOWS_RESERVED:
-        return f"{_q(short)} disallowed as path element component on Windows"
+        return f"{go_quote(short)} disallowed as path element component on Windows"
     return None
 
 
@@ -133,13 +117,13 @@ def _elem_problem(elem: str) -> str | None:
     if not elem:
         return "empty path element"
     if elem.strip(".") == "":
-        return f"invalid path element {_q(elem)}"
+        return f"invalid path element {go_quote(elem)}"
     if elem[0] == ".":
         return "leading dot in path element"
     if elem[-1] == ".":
         return "trailing dot in path element"
     if bad := _MOD_ELEM_CHAR_RE.search(elem):
-        return f"invalid char {_q(bad.group())} (module paths allow ASCII letters, digits and - . _ ~)"
+        return f"invalid char {go_quote(bad.group())} (module paths allow ASCII letters, digits and - . _ ~)"
     if why := _windows_problem(elem):
         return why
     short = elem.split(".", 1)[0]
@@ -161,18 +145,18 @@ def _major_suffix_problem(path: str) -> str | None:
             return 'gopkg.in paths must end in a major version like ".v1"'
         major = path[len(stem) - 2 :]
         if len(major) == 2 or major[2] == "0" and major != ".v0":
-            return f"invalid gopkg.in major version {_q(major)}"
+            return f"invalid gopkg.in major version {go_quote(major)}"
         return None
     stem = path.rstrip("0123456789.")
     if stem == path or not stem.endswith("/v"):
         return None
     suffix = path[len(stem) - 2 :]
     if "." in suffix:
-        return f"invalid major version suffix {_q(suffix)}: no dots allowed"
+        return f"invalid major version suffix {go_quote(suffix)}: no dots allowed"
     if suffix in ("/v0", "/v1"):
-        return f"invalid major version suffix {_q(suffix)}: v0 and v1 take no suffix"
+        return f"invalid major version suffix {go_quote(suffix)}: v0 and v1 take no suffix"
     if suffix[2] == "0":
-        return f"invalid major version suffix {_q(suffix)}: leading zero"
+        return f"invalid major version suffix {go_quote(suffix)}: leading zero"
     return None
 
 
@@ -222,14 +206,14 @@ def _diagnose_path(path: str) -> str | None:
     if "." not in first:
         return "missing dot in first path element"
     if bad := _FIRST_ELEM_CHAR_RE.search(first):
-        return f"invalid char {_q(bad.group())} in first path element (a lower-case domain name)"
+        return f"invalid char {go_quote(bad.group())} in first path element (a lower-case domain name)"
     return _major_suffix_problem(path)
 
 
 def check_path(path: str) -> None:
     """Raise ProtocolError(400) unless path is a valid, decoded module path."""
     if why := _path_problem(path):
-        raise ProtocolError(400, f"invalid module path {_q(path)}: {why}")
+        raise ProtocolError(400, f"invalid module path {go_quote(path)}: {why}")
 
 
 # --- versions --------------------------------------------------------------------
@@ -249,9 +233,9 @@ def _version_problem(v: str) -> str | None:
     if not v:
         return "empty version"
     if bad := _VERSION_CHAR_RE.search(v):
-        return f"invalid char {_q(bad.group())}"
+        return f"invalid char {go_quote(bad.group())}"
     if v.strip(".") == "":
-        return f"invalid path element {_q(v)}"
+        return f"invalid path element {go_quote(v)}"
     if v[0] == ".":
         return "leading dot"
     if v[0] == "-":
@@ -266,7 +250,7 @@ def _version_problem(v: str) -> str | None:
 def check_version_query(v: str) -> None:
     """Raise ProtocolError(400) unless v is a valid, decoded version or query."""
     if why := _version_problem(v):
-        raise ProtocolError(400, f"invalid version {_q(v)}: {why}")
+        raise ProtocolError(400, f"invalid version {go_quote(v)}: {why}")
 
 
 # --- case-encoding ------------------------------------------------------------------
@@ -276,11 +260,12 @@ _BANG_RE = re.compile(r"!([a-z])")
 _BAD_BANG_RE = re.compile(r"!(?![a-z])")
 
 
-def _escape(s: str) -> str:
+def case_encode(s: str) -> str:
+    """Case-encode s ("A" -> "!a") without validating it: callers already have."""
     return _UPPER_RE.sub(lambda m: "!" + m.group().lower(), s)
 
 
-def _decode_case(escaped: str, noun: str) -> str:
+def case_decode(escaped: str, noun: str) -> str:
     """Undo case-encoding; refuse anything that would not re-encode identically."""
     if "!" not in escaped and not _UPPER_RE.search(escaped):
         return escaped
@@ -290,18 +275,18 @@ def _decode_case(escaped: str, noun: str) -> str:
         why = '"!" must be followed by a lower-case letter (case-encoding)'
     else:
         return _BANG_RE.sub(lambda m: m[1].upper(), escaped)
-    raise ProtocolError(400, f"invalid {noun} {_q(escaped)}: {why}")
+    raise ProtocolError(400, f"invalid {noun} {go_quote(escaped)}: {why}")
 
 
 def escape_path(path: str) -> str:
     """Case-encode a module path (module.EscapePath); it must be valid."""
     check_path(path)
-    return _escape(path)
+    return case_encode(path)
 
 
 def unescape_path(escaped: str) -> str:
     """Decode a case-encoded module path (module.UnescapePath) and validate it."""
-    path = _decode_case(escaped, "module path")
+    path = case_decode(escaped, "module path")
     check_path(path)
     return path
 
@@ -309,111 +294,17 @@ def unescape_path(escaped: str) -> str:
 def escape_version(v: str) -> str:
     """Case-encode a version or query (module.EscapeVersion); it must be valid."""
     check_version_query(v)
-    return _escape(v)
+    return case_encode(v)
 
 
 def unescape_version(escaped: str) -> str:
     """Decode a case-encoded version (module.UnescapeVersion) and validate it."""
-    v = _decode_case(escaped, "version")
+    v = case_decode(escaped, "version")
     check_version_query(v)
     return v
 
 
-# --- requests ---------------------------------------------------------------------
-
-# Raw in an upstream path: RFC 3986 unreserved, "/" and the sub-delims the go
-# command leaves raw, plus "!" (case-encoding). Upper case never survives
-# escaping, so the whole upstream path is lower case: one spelling per file.
-_URL_UNSAFE_RE = re.compile(r"[^a-z0-9\-._~!$&+=@/]")
-
-
-def _url_quote(s: str) -> str:
-    """Percent-encode (lower-case hex) what may not appear raw in a URL path."""
-    return _URL_UNSAFE_RE.sub(lambda m: f"%{ord(m.group()):02x}", s)
-
-
-@dataclass(frozen=True, slots=True)
-class ModuleRequest:
-    """A validated GOPROXY request; constructing one validates it."""
-
-    kind: Kind
-    module: str
-    version: str | None
-
-    def __post_init__(self) -> None:
-        check_path(self.module)
-        if self.kind in (Kind.LIST, Kind.LATEST):
-            if self.version is not None:
-                raise ProtocolError(400, f"a {self.kind} request takes no version")
-            return
-        if self.version is None:
-            raise ProtocolError(400, f"a .{self.kind} request needs a version")
-        check_version_query(self.version)
-        if self.kind != Kind.INFO and not is_canonical(self.version):
-            raise ProtocolError(400, _not_canonical_reason(self.version, self.kind))
-
-    @property
-    def immutable(self) -> bool:
-        """True when the answer never changes, so it may be cached forever."""
-        return self.kind in (Kind.INFO, Kind.MOD, Kind.ZIP) and is_canonical(
-            self.version or ""
-        )
-
-    def upstream_path(self) -> str:
-        """The canonical escaped path to request from an upstream proxy."""
-        base = "/" + _escape(self.module)
-        if self.kind == Kind.LIST:
-            return base + "/@v/list"
-        if self.kind == Kind.LATEST:
-            return base + "/@latest"
-        return f"{base}/@v/{_url_quote(_escape(self.version or ''))}.{self.kind}"
-
-
-def _not_canonical_reason(v: str, kind: Kind) -> str:
-    """Explain why .mod/.zip refuse v, suggesting the canonical form if there is one."""
-    head = f"invalid version {_q(v)} for .{kind}: .mod and .zip need a canonical semantic version"
-    if (canonical := _canonical(v)) is not None:
-        return f"{head} ({canonical})"
-    return f"{head} like v1.2.3; resolve {_q(v)} with .info first"
-
-
-@dataclass(frozen=True, slots=True)
-class SumdbRequest:
-    """A validated checksum-database request proxied under ``/sumdb/<name>/``.
-
-    ``tail`` is the escaped path after ``/sumdb/<name>/``, in its one
-    canonical spelling (raw "!"), ready to append to the database's URL.
-    """
-
-    name: str
-    endpoint: str
-    tail: str
-    module: str | None
-    version: str | None
-
-    def __post_init__(self) -> None:
-        if (problem := sumdb_name_problem(self.name)) is not None:
-            raise ProtocolError(
-                400, f"invalid checksum database name {_q(self.name)}: {problem}"
-            )
-        if self.endpoint == "lookup":
-            _check_lookup(self)
-        elif self.endpoint == "tile":
-            if self.module is not None or self.version is not None:
-                raise ProtocolError(400, "a tile request takes no module or version")
-            _check_tile(self.tail)
-        elif self.endpoint in ("supported", "latest"):
-            if (
-                self.tail != self.endpoint
-                or self.module is not None
-                or self.version is not None
-            ):
-                raise ProtocolError(
-                    400, f"a {self.endpoint} request takes no arguments"
-                )
-        else:
-            raise _not_found()
-
+# --- checksum database names ---------------------------------------------------
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
@@ -456,9 +347,9 @@ def sumdb_name_problem(name: str) -> str | None:
         if not elem:
             return "path must not end in '/' or contain an empty element"
         if elem in (".", "..") or not _DB_PATH_ELEM_RE.fullmatch(elem):
-            return f"path element {_q(elem)} must be letters, digits, '.', '_', '~' or '-'"
+            return f"path element {go_quote(elem)} must be letters, digits, '.', '_', '~' or '-'"
         if elem in SUMDB_ENDPOINTS:
-            return (f"path element {_q(elem)} is a checksum database endpoint; "
+            return (f"path element {go_quote(elem)} is a checksum database endpoint; "
                     f"/sumdb/<name>/{elem} would be ambiguous")
     return None
 
@@ -472,7 +363,7 @@ def _db_host_problem(host: str) -> str | None:
         return f"port {port} is out of range"
     if _HOSTNAME_RE.fullmatch(hostname) or _is_bracketed_ipv6(hostname):
         return None
-    return (f"host {_q(host)} must be a lower-case host name, an IP address or [IPv6], "
+    return (f"host {go_quote(host)} must be a lower-case host name, an IP address or [IPv6], "
             "with an optional :port")
 
 
@@ -484,171 +375,3 @@ def _is_bracketed_ipv6(hostname: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _check_lookup(req: SumdbRequest) -> None:
-    """A lookup names one canonical module version, spelled in tail."""
-    if req.module is None or req.version is None:
-        raise ProtocolError(400, "a lookup needs a module and a version")
-    check_path(req.module)
-    check_version_query(req.version)
-    if not is_canonical(req.version):
-        raise ProtocolError(
-            400,
-            f"invalid version {_q(req.version)} for a checksum database lookup: "
-            "need a canonical semantic version like v1.2.3",
-        )
-    if req.tail != f"lookup/{_escape(req.module)}@{_escape(req.version)}":
-        raise ProtocolError(
-            400, f"lookup path {_q(req.tail)} does not match its module and version"
-        )
-
-
-_DEC = r"(?:0|[1-9][0-9]*)"
-_TILE_RE = re.compile(
-    rf"tile/(?P<h>{_DEC})/(?P<l>{_DEC}|data)/(?P<n>(?:x[0-9]{{3}}/)*[0-9]{{3}})(?:\.p/(?P<w>{_DEC}))?"
-)
-_TILE_SHAPE = "tile/<H>/<L>|data/<NNN>[.p/<W>], NNN as 3-digit elements, all but the last x-prefixed"
-
-
-def _check_tile(tail: str) -> None:
-    """Validate a transparency-log tile path strictly (tlog.ParseTilePath).
-
-    Only the one spelling tlog.Tile.Path produces is accepted, so a cached
-    tile has exactly one name. Lengths are checked before int() so a
-    hostile path cannot make the conversion expensive.
-    """
-    m = _TILE_RE.fullmatch(tail)
-    if m is None:
-        raise ProtocolError(400, f"invalid tile path {_q(tail)}: want {_TILE_SHAPE}")
-    if len(m["h"]) > 2 or not 1 <= int(m["h"]) <= 30:
-        raise ProtocolError(
-            400, f"invalid tile path {_q(tail)}: height must be 1 to 30"
-        )
-    if m["l"] != "data" and (len(m["l"]) > 2 or int(m["l"]) > 63):
-        raise ProtocolError(
-            400, f"invalid tile path {_q(tail)}: level must be 0 to 63 or data"
-        )
-    if m["n"].startswith("x000/"):
-        raise ProtocolError(400, f"invalid tile path {_q(tail)}: leading x000 element")
-    digits = m["n"].replace("x", "").replace("/", "")
-    if len(digits) > 21 or int(digits) >= 2**63:
-        raise ProtocolError(400, f"invalid tile path {_q(tail)}: tile number too large")
-    width = 1 << int(m["h"])
-    if m["w"] is not None and (len(m["w"]) > 10 or not 1 <= int(m["w"]) < width):
-        raise ProtocolError(
-            400, f"invalid tile path {_q(tail)}: partial width must be 1 to {width - 1}"
-        )
-
-
-# --- parsing ----------------------------------------------------------------------
-
-_BAD_PERCENT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_VERSION_FILE_RE = re.compile(r"v/([^/]*)\.(info|mod|zip)")
-
-
-def _not_found() -> ProtocolError:
-    return ProtocolError(
-        404,
-        "not a Go module proxy path: want /<module>/@v/list, "
-        "/<module>/@v/<version>.info|.mod|.zip, /<module>/@latest or /sumdb/<name>/...",
-    )
-
-
-def _percent_decode(raw_path: str) -> str:
-    """Decode %XX escapes exactly once; "+" stays "+" (this is a path, not a form)."""
-    if bad := _BAD_PERCENT_RE.search(raw_path):
-        raise ProtocolError(
-            400,
-            f"invalid percent-encoding {_q(raw_path[bad.start() : bad.start() + 3])} in request path",
-        )
-    path = raw_path
-    if "%" in raw_path or not raw_path.isascii():
-        try:
-            path = unquote_to_bytes(raw_path).decode("utf-8")
-        except UnicodeError:
-            raise ProtocolError(400, "request path is not valid UTF-8") from None
-    if "\x00" in path:
-        raise ProtocolError(400, "NUL byte in request path")
-    if "\\" in path:
-        raise ProtocolError(400, "backslash in request path")
-    return path
-
-
-def _parse(raw_path: str) -> ModuleRequest | SumdbRequest:
-    """The uncached parser behind parse()."""
-    path = _percent_decode(raw_path)
-    if path.startswith("/sumdb/"):
-        return _parse_sumdb(path[len("/sumdb/") :])
-    if not path.startswith("/"):
-        raise _not_found()
-    # Module paths never contain "@", so the first "/@" ends the module.
-    escaped_module, sep, rest = path[1:].partition("/@")
-    if not sep:
-        raise _not_found()
-    if rest == "v/list":
-        kind, escaped_version = Kind.LIST, None
-    elif rest == "latest":
-        kind, escaped_version = Kind.LATEST, None
-    elif m := _VERSION_FILE_RE.fullmatch(rest):
-        kind, escaped_version = Kind(m[2]), m[1]
-    else:
-        raise _not_found()
-    module = _decode_case(escaped_module, "module path")
-    version = (
-        None if escaped_version is None else _decode_case(escaped_version, "version")
-    )
-    return ModuleRequest(kind, module, version)  # validates
-
-
-def _split_sumdb(rest: str) -> tuple[str, str]:
-    """``<name>/<tail>``: the name ends before its first endpoint element.
-
-    A name may have path elements (``sum.corp.example/go``) but none is an
-    endpoint (sumdb_name_problem), so the first endpoint element after the
-    host starts the tail, and a configured name and a longer one it prefixes
-    (``sum.example`` and ``sum.example/go``) are each found exactly.
-    """
-    elems = rest.split("/")
-    for i in range(1, len(elems)):
-        if elems[i] in SUMDB_ENDPOINTS:
-            return "/".join(elems[:i]), "/".join(elems[i:])
-    name, _, tail = rest.partition("/")
-    return name, tail
-
-
-def _parse_sumdb(rest: str) -> SumdbRequest:
-    """Parse what follows ``/sumdb/``: ``<name>/<endpoint>[/<args>]``."""
-    name, tail = _split_sumdb(rest)
-    endpoint, _, args = tail.partition("/")
-    if tail in ("supported", "latest") or endpoint == "tile":
-        return SumdbRequest(name, endpoint, tail, None, None)
-    if endpoint != "lookup":
-        raise _not_found()
-    # Module paths never contain "@", so the first "@" ends the module.
-    escaped_module, sep, escaped_version = args.partition("@")
-    if not sep:
-        raise ProtocolError(
-            400,
-            f"invalid checksum database lookup {_q(tail)}: want lookup/<module>@<version>",
-        )
-    module = _decode_case(escaped_module, "module path")
-    version = _decode_case(escaped_version, "version")
-    return SumdbRequest(name, endpoint, tail, module, version)  # validates
-
-
-# A proxy sees the same paths over and over and results are immutable, so
-# successful parses are memoized; the length bound caps the memo's memory.
-_MEMO_MAX_PATH = 256
-_parse_memo = functools.lru_cache(maxsize=4096)(_parse)
-
-
-def parse(raw_path: str) -> ModuleRequest | SumdbRequest:
-    """Parse a raw URL path (no query string) into a validated request.
-
-    Raises ProtocolError: 404 if the path is not part of the protocol, 400 if
-    it is but names an invalid module, version or checksum-database object.
-    """
-    if len(raw_path) <= _MEMO_MAX_PATH:
-        return _parse_memo(raw_path)
-    return _parse(raw_path)

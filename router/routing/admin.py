@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from goproxy_router.config.schema import Config, ConfigError
+from goproxy_router.config.loader import ConfigError
+from goproxy_router.config.schema import Config
 from goproxy_router.routing.gate import in_networks, token_accepted
 from goproxy_router.routing.geo import IPAddress, IPNetwork
 from goproxy_router.routing.routes import AccessDenied, admit, authorization_text

@@ -14,7 +14,8 @@ import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
-from goproxy_router.config.schema import Allow, Config, ConfigError, Hedge, Retry, Route, Timeouts
+from goproxy_router.config.loader import ConfigError
+from goproxy_router.config.schema import Allow, Config, Hedge, Retry, Route, Timeouts
 from goproxy_router.protocol.patterns import PatternTable
 from goproxy_router.routing.gate import in_networks, token_accepted
 from goproxy_router.routing.throttle import AuthThrottle, retry_after

@@ -10,15 +10,10 @@ from typing import Any
 
 from goproxy_router import __version__
 from goproxy_router.base.logs import log_event, setup_logging
+from goproxy_router.config.loader import ConfigError, LoadedConfig, load_config, read_config
 from goproxy_router.config.safety import config_warnings
-from goproxy_router.config.schema import (
-    Config,
-    ConfigError,
-    LoadedConfig,
-    load_config,
-    parse_listen,
-    read_config,
-)
+from goproxy_router.config.schema import Config
+from goproxy_router.config.values import parse_listen
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.routes import RouteTable
 from goproxy_router.scoring.api import PluginError

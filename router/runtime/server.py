@@ -33,8 +33,9 @@ from aiohttp import web
 from goproxy_router import __version__
 from goproxy_router.base.fileid import FileId, file_id
 from goproxy_router.base.logs import log_event
+from goproxy_router.config.loader import ConfigError
 from goproxy_router.config.safety import weakenings
-from goproxy_router.config.schema import Config, ConfigError
+from goproxy_router.config.schema import Config
 from goproxy_router.config.secrets import redact
 from goproxy_router.serving.connections import (
     ConnectionGate,

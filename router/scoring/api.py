@@ -58,7 +58,7 @@ cache or the app):
 
 - `RequestContext`: `route` (its name), `module` (decoded path, e.g.
   `github.com/Azure/x`), `kind` (what is asked for: a
-  `goproxy_router.protocol.paths.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
+  `goproxy_router.protocol.Kind`, `LIST`, `INFO`, `MOD`, `ZIP` or `LATEST`; a
   `str` enum, so `ctx.kind == "zip"` holds too; explain ranks as `INFO`),
   `client_ip`, `country` (ISO 3166-1 alpha-2) and `continent` (AF AN AS EU
   NA OC SA), both None when unknown, and `now` (time.monotonic() at
@@ -95,8 +95,9 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args, get_ori
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
 
-from goproxy_router.config.schema import Loc, Upstream, format_loc
-from goproxy_router.protocol.paths import Kind
+from goproxy_router.config.loader import Loc, format_loc
+from goproxy_router.config.schema import Upstream
+from goproxy_router.protocol.requests import Kind
 from goproxy_router.upstream.stats import UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget
 

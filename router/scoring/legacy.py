@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from goproxy_router.protocol import paths
+import goproxy_router.protocol as protocol
 from goproxy_router.scoring import api
 
 PACKAGE = "router"
@@ -30,9 +30,9 @@ PACKAGE = "router"
 MODULES: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
     "router.scoring": (api, ("Candidate", "NoOptions", "Plugin", "PluginError", "PluginOptions",
                              "RequestContext", "UpstreamName", "Veto")),
-    "router.protocol": (paths, ("Kind",)),
+    "router.protocol": (protocol, ("Kind",)),
 }
-NEW_PATHS = {"router.scoring": "goproxy_router.scoring", "router.protocol": "goproxy_router.protocol.paths"}
+NEW_PATHS = {"router.scoring": "goproxy_router.scoring", "router.protocol": "goproxy_router.protocol"}
 
 _used: set[str] = set()       # old modules used since the last take_uses()
 

@@ -26,7 +26,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from goproxy_router.base.logs import log_event
-from goproxy_router.config.schema import Loc, PluginSpec, validation_problems
+from goproxy_router.config.loader import Loc, validation_problems
+from goproxy_router.config.schema import PluginSpec
 from goproxy_router.scoring import legacy
 from goproxy_router.scoring.api import Plugin, PluginError, PluginProblem
 

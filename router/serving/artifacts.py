@@ -52,7 +52,7 @@ from goproxy_router.forwarding.fetching import (
     text_response,
 )
 from goproxy_router.forwarding.stream import ClientSink
-from goproxy_router.protocol.paths import ModuleRequest
+from goproxy_router.protocol.requests import ModuleRequest
 from goproxy_router.serving.exchange import EXCHANGE
 from goproxy_router.serving.filesend import BufferPool, SendfileResponse
 from goproxy_router.storage.disk import (

@@ -29,7 +29,8 @@ from goproxy_router.base.logs import Clock, LineSink, direct_sink, log_event
 from goproxy_router.config.schema import Config
 from goproxy_router.forwarding.budget import RetryBudget
 from goproxy_router.forwarding.forwarder import AttemptObserver, Forwarder
-from goproxy_router.protocol.paths import Kind, ModuleRequest, check_path
+from goproxy_router.protocol.paths import check_path
+from goproxy_router.protocol.requests import Kind, ModuleRequest
 from goproxy_router.routing.admin import AdminPolicy
 from goproxy_router.routing.geo import GeoDatabase, IPAddress
 from goproxy_router.routing.identity import Peer, PeerBook, RequestIds

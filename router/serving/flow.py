@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from goproxy_router.forwarding.forwarder import ForwardPlan, text_response
-from goproxy_router.protocol.paths import Kind, ModuleRequest, ProtocolError, SumdbRequest, parse
+from goproxy_router.forwarding.fetching import ForwardPlan, text_response
+from goproxy_router.protocol.paths import ProtocolError
+from goproxy_router.protocol.requests import Kind, ModuleRequest, SumdbRequest, parse
 from goproxy_router.routing.routes import AccessDenied, CompiledRoute
 from goproxy_router.serving.artifacts import Lookup
 from goproxy_router.serving.edge import EDGE

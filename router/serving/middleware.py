@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from goproxy_router.base.logs import log_event
-from goproxy_router.forwarding.forwarder import text_response
+from goproxy_router.forwarding.fetching import text_response
 from goproxy_router.routing.routes import AccessDenied, make_private
 from goproxy_router.serving import accesslog
 from goproxy_router.serving.edge import EDGE, SERVER, Edge, peer_of

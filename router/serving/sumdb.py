@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from goproxy_router.config.schema import Hedge, SumDB, Timeouts
-from goproxy_router.forwarding.forwarder import Forwarder, ForwardPlan, text_response
-from goproxy_router.protocol.paths import SumdbRequest
+from goproxy_router.forwarding.fetching import ForwardPlan, text_response
+from goproxy_router.forwarding.forwarder import Forwarder
+from goproxy_router.protocol.requests import SumdbRequest
 from goproxy_router.routing.routes import CompiledRoute
 from goproxy_router.serving.exchange import EXCHANGE
 from goproxy_router.upstream.targets import UpstreamTarget, sumdb_targets
