@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import shutil
 import time
 import zipfile
 from collections import Counter
@@ -55,16 +53,14 @@ from goproxy_router.forwarding.stream import ClientSink
 from goproxy_router.protocol.paths import ModuleRequest
 from goproxy_router.serving.exchange import EXCHANGE
 from goproxy_router.serving.filesend import BufferPool, SendfileResponse
-from goproxy_router.storage.disk import (
-    CacheEntry,
-    CacheError,
-    CacheUnavailable,
-    CacheWriter,
-    Coalescer,
-    DiskCache,
-    MetadataCache,
-    NegativeAnswer,
-)
+from goproxy_router.storage.disk import DiskCache
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.errors import CacheError, CacheUnavailable
+from goproxy_router.storage.health import warn_about_size
+from goproxy_router.storage.listing import read_list
+from goproxy_router.storage.metadata import MetadataCache, NegativeAnswer
+from goproxy_router.storage.singleflight import Coalescer
+from goproxy_router.storage.writer import CacheWriter
 
 log = logging.getLogger("router.cache")
 
@@ -349,7 +345,7 @@ class ArtifactCache:
         It lists what this cache can serve whole (DiskCache keeps it current),
         so it is true now whatever its age: ``stale_max_age`` does not apply.
         """
-        found = await asyncio.to_thread(_read_list, self.disk.list_path(module))
+        found = await asyncio.to_thread(read_list, self.disk.list_path(module))
         if found is None:
             return None
         body, mtime = found
@@ -394,17 +390,6 @@ def _consistency_inputs(mod_path: Path, zip_path: Path, member: str) -> tuple[by
         return None
 
 
-def _read_list(path: Path) -> tuple[bytes, float] | None:
-    """(body, mtime) of a non-empty list file, or None (thread)."""
-    try:
-        with open(path, "rb") as f:
-            body = f.read()
-            mtime = os.fstat(f.fileno()).st_mtime
-    except OSError:
-        return None
-    return (body, mtime) if body else None
-
-
 def _delivered(plan: ForwardPlan, fetched: Fetched) -> bool:
     """Whether the fetched answer's body went through whole (its attempt ended ok)."""
     last = plan.attempts[-1] if plan.attempts else None
@@ -446,20 +431,3 @@ class _PreparedFileResponse(SendfileResponse):
         if self.prepared:
             return None
         return await super().prepare(request)
-
-
-def warn_about_size(disk: DiskCache) -> None:
-    """At startup: say loudly when the cache may fill its disk (unbounded, or bound > free)."""
-    if disk.max_size is None:
-        log_event(log, logging.WARNING,
-                  "cache.max_size is unlimited: the disk cache grows until its disk is full",
-                  dir=str(disk.root), advice="set cache.max_size, e.g. 10GB")
-        return
-    try:
-        free = shutil.disk_usage(disk.root).free
-    except OSError:
-        return
-    if free < disk.max_size - disk.size:
-        log_event(log, logging.WARNING,
-                  "cache.max_size is more than the cache's disk has free",
-                  dir=str(disk.root), max_size=disk.max_size, size=disk.size, free=free)
