@@ -25,7 +25,7 @@ from multidict import CIMultiDict
 from goproxy_router.routing.geo import IPAddress, client_address
 from goproxy_router.routing.routes import AccessDenied, make_private
 from goproxy_router.routing.throttle import AuthThrottle
-from goproxy_router.serving.artifacts import IMMUTABLE
+from goproxy_router.serving.responses import IMMUTABLE
 from goproxy_router.serving.thin import HitTable
 from goproxy_router.storage.entry import CacheEntry
 from tests.support import FakeProxy, Module, ModuleTree

@@ -49,8 +49,9 @@ from goproxy_router.routing.routes import AccessDenied, CompiledRoute, RouteTabl
 from goproxy_router.routing.throttle import AuthThrottle
 from goproxy_router.scoring.engine import Candidate, Engine, Ranking, RequestContext, explain, load_plugins
 from goproxy_router.serving import accesslog
-from goproxy_router.serving.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache, Lookup
+from goproxy_router.serving.artifacts import ArtifactCache, Lookup
 from goproxy_router.serving.exchange import EXCHANGE, Exchange
+from goproxy_router.serving.responses import CONTENT_TYPES, IMMUTABLE
 from goproxy_router.serving.sumdb import SumdbProxy
 from goproxy_router.serving.thin import (
     HitTable,
