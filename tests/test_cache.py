@@ -29,17 +29,13 @@ from goproxy_router.base.logs import JsonFormatter
 from goproxy_router.config.schema import Cache
 from goproxy_router.protocol.paths import ProtocolError
 from goproxy_router.serving.artifacts import ArtifactCache
-from goproxy_router.storage.disk import (
-    CacheEntry,
-    CacheError,
-    CacheIntegrityError,
-    Coalescer,
-    DiskCache,
-    MetadataCache,
-    NegativeAnswer,
-    artifact_relpath,
-    list_body,
-)
+from goproxy_router.storage.disk import DiskCache
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.errors import CacheError, CacheIntegrityError
+from goproxy_router.storage.layout import artifact_relpath
+from goproxy_router.storage.listing import list_body
+from goproxy_router.storage.metadata import MetadataCache, NegativeAnswer
+from goproxy_router.storage.singleflight import Coalescer
 from tests.conftest import REPO_ROOT, GoEnv
 from tests.support import Module, download_cache_paths
 
@@ -371,10 +367,10 @@ async def test_a_file_gone_behind_our_back_is_a_miss(make_cache: Callable[..., D
 
 async def test_disk_errors_surface_as_cache_errors_and_leave_nothing(
         make_cache: Callable[..., DiskCache], monkeypatch: pytest.MonkeyPatch) -> None:
-    import goproxy_router.storage.disk as cache_module
+    from goproxy_router.storage import fileops
 
     cache = make_cache()
-    real_write_all = cache_module._write_all
+    real_write_all = fileops.write_all
     calls = 0
 
     def flaky_write_all(fd: int, data: bytes | memoryview) -> None:
@@ -384,7 +380,7 @@ async def test_disk_errors_surface_as_cache_errors_and_leave_nothing(
             raise OSError(28, "No space left on device")
         real_write_all(fd, data)
 
-    monkeypatch.setattr(cache_module, "_write_all", flaky_write_all)
+    monkeypatch.setattr(fileops, "write_all", flaky_write_all)
     with pytest.raises(CacheError, match="No space left"):
         async with cache.writer("example.com/a", "v1.0.0", "mod") as w:
             for _ in range(10):

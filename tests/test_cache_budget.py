@@ -1,4 +1,4 @@
-"""goproxy_router.storage.disk.WriteBudget: the bound on bytes all cache writers hold in memory.
+"""goproxy_router.storage.budget.WriteBudget: the bound on bytes all cache writers hold in memory.
 
 The budget on its own (waits when exhausted, first come first served, an
 oversize chunk proceeds alone, cancellation leaves nothing held), then with
@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-import goproxy_router.storage.disk as cache_module
-from goproxy_router.storage.disk import CacheError, DiskCache, WriteBudget
+from goproxy_router.storage import fileops
+from goproxy_router.storage.budget import WriteBudget
+from goproxy_router.storage.disk import DiskCache
+from goproxy_router.storage.errors import CacheError
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -147,7 +149,7 @@ class GatedWrites:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.gate = threading.Event()
         self.calls = 0
-        real = cache_module._write_all
+        real = fileops.write_all
 
         def gated(fd: int, chunks: Any) -> None:
             self.calls += 1
@@ -155,7 +157,7 @@ class GatedWrites:
                 raise OSError(5, "test gate never opened")
             real(fd, chunks)
 
-        monkeypatch.setattr(cache_module, "_write_all", gated)
+        monkeypatch.setattr(fileops, "write_all", gated)
 
     def open(self) -> None:
         self.gate.set()
@@ -248,7 +250,7 @@ async def test_a_disk_error_gives_the_budget_back(
     def full(fd: int, chunks: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cache_module, "_write_all", full)
+    monkeypatch.setattr(fileops, "write_all", full)
     with pytest.raises(CacheError, match="No space left"):
         async with cache.writer("example.com/a", "v1.0.0", "mod") as w:
             for _ in range(20):
@@ -308,7 +310,7 @@ def test_write_all_handles_partial_writes(tmp_path: Path, monkeypatch: pytest.Mo
     path = tmp_path / "f"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        cache_module._write_all(fd, chunks)
+        fileops.write_all(fd, chunks)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"hello wonderful world"

@@ -209,7 +209,7 @@ async def test_a_write_error_without_a_client_stops_reading_the_body(
 
 def test_a_failed_write_is_counted_cleaned_up_and_clears_with_the_next_commit(
         make_cache: Any, full_disk: FullDisk) -> None:
-    from goproxy_router.storage.disk import CacheWriteError
+    from goproxy_router.storage.errors import CacheWriteError
 
     async def run() -> None:
         cache: DiskCache = make_cache(10 * MiB, fsync=False)
@@ -279,7 +279,7 @@ async def test_concurrent_fills_reserve_their_size_and_evict_first(
 
 
 def test_a_reservation_evicts_lru_and_a_size_that_never_fits_is_refused(make_cache: Any) -> None:
-    from goproxy_router.storage.disk import CacheUnavailable
+    from goproxy_router.storage.errors import CacheUnavailable
 
     async def run() -> None:
         cache: DiskCache = make_cache(3000, fsync=False)

@@ -27,7 +27,9 @@ from goproxy_router.forwarding.stream import ClientSink
 from goproxy_router.protocol.requests import ModuleRequest, parse
 from goproxy_router.serving.artifacts import ArtifactCache, Lookup, MetaAnswer
 from goproxy_router.serving.exchange import EXCHANGE, Exchange
-from goproxy_router.storage.disk import CacheEntry, CacheWriter, MetadataCache
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.metadata import MetadataCache
+from goproxy_router.storage.writer import CacheWriter
 from goproxy_router.upstream.client import UpstreamResponse
 from goproxy_router.upstream.stats import StatsRegistry
 from goproxy_router.upstream.targets import UpstreamTarget

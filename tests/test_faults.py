@@ -152,7 +152,7 @@ def attempt_lines(got: Got, notes: list[str] | None = None) -> list[re.Match[str
     return matches
 
 
-# Where an immutable artifact lives in a Go-download-cache layout (router/storage/disk.py DiskCache).
+# Where an immutable artifact lives in a Go-download-cache layout (router/storage/layout.py artifact_relpath).
 ARTIFACTS = {kind: PATHS[kind].lstrip("/") for kind in ("info", "mod", "zip")}
 
 

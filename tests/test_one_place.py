@@ -12,7 +12,8 @@ import pytest
 from goproxy_router.base.fileid import file_id, stat_id
 from goproxy_router.protocol.integrity import info_problem, judge_small_body
 from goproxy_router.routing.gate import in_networks, token_accepted
-from goproxy_router.storage.disk import CacheIntegrityError, DiskCache
+from goproxy_router.storage.disk import DiskCache
+from goproxy_router.storage.errors import CacheIntegrityError
 
 BAD_INFOS = [
     (b"<html>rate limited</html>", "not JSON"),

@@ -25,9 +25,9 @@ from multidict import CIMultiDict
 from goproxy_router.routing.geo import IPAddress, client_address
 from goproxy_router.routing.routes import AccessDenied, make_private
 from goproxy_router.routing.throttle import AuthThrottle
-from goproxy_router.serving.artifacts import IMMUTABLE
+from goproxy_router.serving.responses import IMMUTABLE
 from goproxy_router.serving.thin import HitTable
-from goproxy_router.storage.disk import CacheEntry
+from goproxy_router.storage.entry import CacheEntry
 from tests.support import FakeProxy, Module, ModuleTree
 from tests.support.http import MakeEdge, MakeFake
 from tests.test_operations import Got, cfg, edge_of, get, info_path, parse_metrics, public, value

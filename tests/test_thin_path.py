@@ -40,7 +40,7 @@ from goproxy_router.config.loader import parse_config
 from goproxy_router.routing.identity import PeerBook, RequestIds
 from goproxy_router.serving import accesslog
 from goproxy_router.serving.thin import HitTable, RenderedResponse
-from goproxy_router.storage.disk import CacheEntry
+from goproxy_router.storage.entry import CacheEntry
 from tests.support import Module, ModuleTree, case_escape
 from tests.support.http import MakeEdge, MakeFake
 from tests.test_cache_serving import IMMUTABLE, Answer, ask, config, edge_of

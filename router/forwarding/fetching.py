@@ -24,7 +24,8 @@ from goproxy_router.upstream.targets import UpstreamTarget
 
 if TYPE_CHECKING:
     from goproxy_router.forwarding.stream import ClientSink
-    from goproxy_router.storage.disk import CacheEntry, CacheWriter
+    from goproxy_router.storage.entry import CacheEntry
+    from goproxy_router.storage.writer import CacheWriter
 
 
 class Outcome(enum.StrEnum):

@@ -47,7 +47,8 @@ from goproxy_router.forwarding.fetching import (  # noqa: F401  (re-exported: th
 from goproxy_router.forwarding.schedule import AttemptSchedule, Run
 from goproxy_router.forwarding.stream import ClientSink, abort_client  # noqa: F401  (abort_client: re-exported)
 from goproxy_router.protocol.integrity import MAX_ZIP_FILE, SMALL_BODY_LIMIT, BodyVerdict, judge_small_body
-from goproxy_router.storage.disk import CacheEntry, CacheWriter
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.writer import CacheWriter
 from goproxy_router.upstream.client import AttemptError, AttemptTimeout, UpstreamClient, UpstreamResponse
 from goproxy_router.upstream.pool import PoolTiming
 from goproxy_router.upstream.stats import StatsRegistry, UpstreamStats

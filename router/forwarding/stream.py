@@ -17,13 +17,9 @@ from aiohttp import web
 
 from goproxy_router.forwarding.fetching import Attempt, Fetched, ForwardPlan, Outcome
 from goproxy_router.protocol.integrity import MAX_ZIP_FILE, ZipTail
-from goproxy_router.storage.disk import (
-    CacheEntry,
-    CacheError,
-    CacheIntegrityError,
-    CacheUnavailable,
-    CacheWriter,
-)
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.errors import CacheError, CacheIntegrityError, CacheUnavailable
+from goproxy_router.storage.writer import CacheWriter
 from goproxy_router.upstream.client import AttemptError, AttemptTimeout
 from goproxy_router.upstream.stats import UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget

@@ -28,8 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import shutil
 import time
 import zipfile
 from collections import Counter
@@ -39,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 
 from goproxy_router.base.logs import log_event
 from goproxy_router.config.schema import Cache
@@ -54,25 +51,24 @@ from goproxy_router.forwarding.fetching import (
 from goproxy_router.forwarding.stream import ClientSink
 from goproxy_router.protocol.requests import ModuleRequest
 from goproxy_router.serving.exchange import EXCHANGE
-from goproxy_router.serving.filesend import BufferPool, SendfileResponse
-from goproxy_router.storage.disk import (
-    CacheEntry,
-    CacheError,
-    CacheUnavailable,
-    CacheWriter,
-    Coalescer,
-    DiskCache,
-    MetadataCache,
-    NegativeAnswer,
+from goproxy_router.serving.filesend import BufferPool
+from goproxy_router.serving.responses import (
+    CONTENT_TYPES,
+    IMMUTABLE,
+    PreparedFileResponse,
+    negative_response,
+    not_modified,
 )
+from goproxy_router.storage.disk import DiskCache
+from goproxy_router.storage.entry import CacheEntry
+from goproxy_router.storage.errors import CacheError, CacheUnavailable
+from goproxy_router.storage.health import warn_about_size
+from goproxy_router.storage.listing import read_list
+from goproxy_router.storage.metadata import MetadataCache
+from goproxy_router.storage.singleflight import Coalescer
+from goproxy_router.storage.writer import CacheWriter
 
 log = logging.getLogger("router.cache")
-
-IMMUTABLE = "public, max-age=31536000, immutable"
-CONTENT_TYPES = {"info": "application/json", "mod": "text/plain; charset=utf-8",
-                 "zip": "application/zip", "list": "text/plain; charset=utf-8",
-                 "latest": "application/json"}
-
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
@@ -186,7 +182,7 @@ class ArtifactCache:
         negative = self.meta.get_negative((lookup.route, lookup.path))
         if negative is not None:
             _answered(self, request, "hit")
-            return _negative_response(negative)
+            return negative_response(negative)
         _answered(self, request, "miss")
         plan = lookup.plan_for_miss()
         plan.response_headers.update({"X-Goproxy-Cache": "miss", "Cache-Control": IMMUTABLE})
@@ -296,7 +292,7 @@ class ArtifactCache:
             headers["X-Goproxy-Upstream"] = upstream
         if entry.data is not None and "Range" not in request.headers:
             response: web.StreamResponse
-            if _not_modified(request, entry.etag, entry.mtime):
+            if not_modified(request, entry.etag, entry.mtime):
                 response = web.Response(status=304, headers=headers)
             else:
                 response = web.Response(body=entry.data, headers=headers)
@@ -309,7 +305,7 @@ class ArtifactCache:
             if not entry.path.is_file():
                 self.disk.discard(entry)
                 return None
-            response = _PreparedFileResponse(entry.path, headers=headers, pool=self._buffers,
+            response = PreparedFileResponse(entry.path, headers=headers, pool=self._buffers,
                                              send_timeout=send_timeout)
             await response.prepare(request)   # the whole send, under the lease
             return response
@@ -326,7 +322,7 @@ class ArtifactCache:
         negative = self.meta.get_negative(key)
         if negative is not None:
             _answered(self, request, "hit")
-            return _negative_response(negative)
+            return negative_response(negative)
         plan = lookup.plan_for_miss()
         plan.method = "GET"                     # HEAD is answered from a whole GET
         result = await self._fills.run(("meta", *key), lambda: self._fetch_meta(plan, forwarder))
@@ -349,7 +345,7 @@ class ArtifactCache:
         It lists what this cache can serve whole (DiskCache keeps it current),
         so it is true now whatever its age: ``stale_max_age`` does not apply.
         """
-        found = await asyncio.to_thread(_read_list, self.disk.list_path(module))
+        found = await asyncio.to_thread(read_list, self.disk.list_path(module))
         if found is None:
             return None
         body, mtime = found
@@ -376,7 +372,7 @@ class ArtifactCache:
         headers = {"Content-Type": answer.content_type, "X-Goproxy-Cache": state,
                    "X-Goproxy-Upstream": answer.upstream, "Age": str(int(age)),
                    "Cache-Control": f"public, max-age={max_age}"}
-        if _not_modified(request, answer.etag, None):
+        if not_modified(request, answer.etag, None):
             response = web.Response(status=304, headers=headers)
         else:
             response = web.Response(body=answer.body, headers=headers)
@@ -394,17 +390,6 @@ def _consistency_inputs(mod_path: Path, zip_path: Path, member: str) -> tuple[by
         return None
 
 
-def _read_list(path: Path) -> tuple[bytes, float] | None:
-    """(body, mtime) of a non-empty list file, or None (thread)."""
-    try:
-        with open(path, "rb") as f:
-            body = f.read()
-            mtime = os.fstat(f.fileno()).st_mtime
-    except OSError:
-        return None
-    return (body, mtime) if body else None
-
-
 def _delivered(plan: ForwardPlan, fetched: Fetched) -> bool:
     """Whether the fetched answer's body went through whole (its attempt ended ok)."""
     last = plan.attempts[-1] if plan.attempts else None
@@ -415,51 +400,3 @@ def _answered(cache: ArtifactCache, request: web.Request, state: str) -> None:
     """Note what the client is told (X-Goproxy-Cache) for the log line and the counters."""
     request[EXCHANGE].cache = state
     cache.answers[state] += 1
-
-
-def _not_modified(request: web.Request, etag: str, mtime: float | None) -> bool:
-    """RFC 9110 conditional GET: If-None-Match wins over If-Modified-Since."""
-    if_none_match = request.if_none_match
-    if if_none_match is not None:
-        return any(tag.value in (etag, "*") for tag in if_none_match)
-    since = request.if_modified_since
-    return mtime is not None and since is not None and int(mtime) <= since.timestamp()
-
-
-def _negative_response(negative: NegativeAnswer) -> web.Response:
-    return web.Response(status=negative.status, body=negative.body,
-                        content_type="text/plain", charset="utf-8",
-                        headers={"X-Goproxy-Cache": "hit"})
-
-
-class _PreparedFileResponse(SendfileResponse):
-    """A FileResponse the handler prepares (sends) itself, so that a lease can cover it;
-    the body goes out with os.sendfile, also on uvloop (router/serving/filesend.py).
-
-    aiohttp prepares every response a handler returns once more, and
-    FileResponse.prepare is not idempotent (it would send the file again and
-    fail on the finished writer, breaking the keep-alive connection): here a
-    second call does nothing.
-    """
-
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if self.prepared:
-            return None
-        return await super().prepare(request)
-
-
-def warn_about_size(disk: DiskCache) -> None:
-    """At startup: say loudly when the cache may fill its disk (unbounded, or bound > free)."""
-    if disk.max_size is None:
-        log_event(log, logging.WARNING,
-                  "cache.max_size is unlimited: the disk cache grows until its disk is full",
-                  dir=str(disk.root), advice="set cache.max_size, e.g. 10GB")
-        return
-    try:
-        free = shutil.disk_usage(disk.root).free
-    except OSError:
-        return
-    if free < disk.max_size - disk.size:
-        log_event(log, logging.WARNING,
-                  "cache.max_size is more than the cache's disk has free",
-                  dir=str(disk.root), max_size=disk.max_size, size=disk.size, free=free)

@@ -40,8 +40,9 @@ from goproxy_router.scoring.api import Candidate, RequestContext
 from goproxy_router.scoring.engine import Engine, Ranking, explain
 from goproxy_router.scoring.loader import load_plugins
 from goproxy_router.serving import accesslog
-from goproxy_router.serving.artifacts import CONTENT_TYPES, IMMUTABLE, ArtifactCache
+from goproxy_router.serving.artifacts import ArtifactCache
 from goproxy_router.serving.exchange import EXCHANGE
+from goproxy_router.serving.responses import CONTENT_TYPES, IMMUTABLE
 from goproxy_router.serving.sumdb import SumdbProxy
 from goproxy_router.serving.thin import HitTable, KeptHit, RenderedResponse, hit_response, is_plain_get
 from goproxy_router.upstream.client import UpstreamClient

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from goproxy_router.forwarding.fetching import ForwardPlan
 from goproxy_router.routing.geo import IPAddress
-from goproxy_router.storage.disk import CacheEntry
+from goproxy_router.storage.entry import CacheEntry
 
 if TYPE_CHECKING:
     from goproxy_router.serving.edge import EdgeState

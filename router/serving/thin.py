@@ -38,7 +38,7 @@ from aiohttp.http import HttpVersion11
 from multidict import CIMultiDict
 
 from goproxy_router.serving import accesslog
-from goproxy_router.storage.disk import CacheEntry
+from goproxy_router.storage.entry import CacheEntry
 
 
 @dataclass(frozen=True, slots=True)
