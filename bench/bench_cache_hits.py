@@ -14,7 +14,7 @@ Setup (everything on 127.0.0.1, side by side in one run):
 - nginx (Debian's), `worker_processes 1`, `proxy_cache` on disk, access_log
   off, in front of that upstream; twice: `sendfile on` and `sendfile off`
   with `output_buffers 2 1m` (zip only);
-- the router (`python -m router.cli serve`, one process, uvloop, its cache
+- the router (`python -m goproxy_router serve`, one process, uvloop, its cache
   on disk), its JSON request log on stderr sent to /dev/null, a second
   router process whose stderr goes to a file, and a third started with
   `--log-level warning`, which drops the access log line (.info only), and

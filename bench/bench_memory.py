@@ -18,7 +18,7 @@ Setup:
   with sendfile(2), then the per-version tail (central directory + end record).
   So 50 distinct zips cost 500 MB of upstream disk, not 25 GB; the router
   sees 50 different artifacts and caches each one (25 GB in its cache);
-- the router: `python -m router.cli serve` (uvloop), a fresh cache directory on
+- the router: `python -m goproxy_router serve` (uvloop), a fresh cache directory on
   disk for each scenario, JSON log on stderr to a file, default settings;
 - the client: this process (uvloop), one aiohttp connection per download,
   all started together; each body is checked as it streams (head and tail

@@ -3,7 +3,7 @@
 Not a benchmark itself. The benchmark scripts import it (``bench/`` is on
 ``sys.path`` when one of them runs) and start, through it:
 
-- the router as a subprocess of the real CLI (``python -m router.cli serve``),
+- the router as a subprocess of the real CLI (``python -m goproxy_router serve``),
   on uvloop as in production, with its JSON log on stderr sent to
   ``/dev/null`` or to a file, as the caller says;
 - a fleet of ``tests.support.fakeproxy.FakeProxy`` upstreams with a base
@@ -261,8 +261,21 @@ class LocalServer:
         self.stop()
 
 
+def router_command(repo: Path) -> list[str]:
+    """How to start the router of checkout `repo`: `python -m goproxy_router`, or
+    `python -m router.cli` for a checkout from before the package was named
+    goproxy_router. Another checkout of today's layout needs its own venv
+    (`repo/.venv`, `pip install -e .` there): goproxy_router is whichever is installed."""
+    if (repo / "router" / "cli.py").is_file():
+        return [PYTHON, "-m", "router.cli"]
+    own = repo / ".venv" / "bin" / "python"
+    if repo.resolve() != REPO.resolve() and not own.is_file():
+        raise SystemExit(f"{repo}: a goproxy_router checkout needs its own venv at {own}")
+    return [str(own) if repo.resolve() != REPO.resolve() else PYTHON, "-m", "goproxy_router"]
+
+
 class RouterProcess(LocalServer):
-    """`python -m router.cli serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
+    """`python -m goproxy_router serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
 
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
     `cpu`: pin the router with taskset (e.g. "0"). `log_level`: the CLI's global
@@ -285,7 +298,7 @@ class RouterProcess(LocalServer):
 
     def start(self) -> RouterProcess:
         level = ["--log-level", self.log_level] if self.log_level else []
-        cmd = [PYTHON, "-m", "router.cli", *level, "serve", "--config", str(self.config_path),
+        cmd = [*router_command(self.repo), *level, "serve", "--config", str(self.config_path),
                "--listen", f"127.0.0.1:{self.port}", "--shutdown-timeout", "2"]
         if self.cpu is not None:
             cmd = ["taskset", "-c", self.cpu, *cmd]
