@@ -60,6 +60,7 @@ from goproxy_router.serving.thin import (
     is_plain_get,
 )
 from goproxy_router.upstream.client import UpstreamClient, UpstreamTarget
+from goproxy_router.upstream.hedging import explain_delays
 from goproxy_router.upstream.probes import Prober, ProbeTarget
 from goproxy_router.upstream.stats import BreakerState, StatsRegistry, StatsSettings
 
@@ -124,7 +125,10 @@ class EdgeState:
         if route is None:
             raise LookupError(f"no route in routes.yaml matches module {module}")
         ctx = self.context(route.name, module, Kind.INFO, client_ip)
-        return explain(ctx, self.rank(ctx))
+        ranking = self.rank(ctx)
+        report = explain(ctx, ranking)
+        report["hedge"] = explain_delays(route.hedge, [s.candidate.stats for s in ranking.order])
+        return report
 
 
 class Edge:
@@ -541,7 +545,9 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appli
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await edge.client.start()
-        edge.state.prober.start()
+        edge.state.prober.start(probe_now=True)
+        # No edge starts blind: one probe round sets the first hedge delays, if it is quick.
+        await edge.state.prober.first_round(edge.state.config.probes.startup_wait)
         yield
         await edge.state.prober.stop()
         await edge.client.close()
