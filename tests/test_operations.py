@@ -246,7 +246,9 @@ async def test_metrics_count_the_traffic_that_was_sent(edge: MakeEdge, fake_prox
         ("c", "http_error"): 2,
     }
     assert value(m, "goproxy_retries_total") == 1
-    assert value(m, "goproxy_hedges_total") == 1
+    # The hedge went to b, at a's own p95 (25 samples), and b answered first.
+    assert by_label(m, "goproxy_hedges_total", "upstream", "source") == {("b", "own"): 1}
+    assert by_label(m, "goproxy_hedge_wins_total", "upstream") == {("b",): 1}
     assert value(m, "goproxy_retry_budget_spent_total") == 2
     assert value(m, "goproxy_retry_budget_refusals_total") == 0
 

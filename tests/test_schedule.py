@@ -11,6 +11,7 @@ import pytest
 from goproxy_router.config.schema import Hedge, Retry
 from goproxy_router.forwarding.budget import RetryBudget
 from goproxy_router.forwarding.schedule import AttemptSchedule, full_jitter
+from goproxy_router.upstream.hedging import HedgeDelay
 from goproxy_router.upstream.stats import StatsSettings, UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget
 
@@ -175,8 +176,8 @@ async def test_no_retry_whose_backoff_reaches_the_deadline() -> None:
 
 def test_wait_ends_at_the_deadline_when_no_hedge_is_due() -> None:
     clock = FakeTime()
-    schedule, _ = _schedule(clock, deadline=4.0)
-    schedule.launch(schedule.order[0])         # no latency samples: no hedge
+    schedule, _ = _schedule(clock, deadline=4.0, hedge=Hedge(enabled=False))
+    schedule.launch(schedule.order[0])         # hedging off: no hedge
     clock.now = START + 1.5
     assert schedule.wait() == 2.5
     clock.now = START + 4.5
@@ -202,20 +203,22 @@ def test_hedge_is_floored_at_min_delay() -> None:
     assert schedule.hedge_at() == run.started + 0.05
 
 
-def test_no_hedge_below_min_samples() -> None:
+def test_own_samples_set_the_delay_from_min_samples_on() -> None:
     clock = FakeTime()
-    schedule, stats = _schedule(clock, hedge=Hedge(min_samples=20))
+    schedule, stats = _schedule(clock, hedge=Hedge(min_samples=20, cold_delay=1.0))
     _warm(stats["a"], 0.1, samples=19)
     schedule.launch(schedule.order[0])
-    assert schedule.hedge_at() is None
+    assert schedule.hedge_delay() == HedgeDelay(1.0, "cold")     # 19: not yet its own
+    assert schedule.hedge_at() == START + 1.0
     _warm(stats["a"], 0.1, samples=1)
+    assert schedule.hedge_delay() == HedgeDelay(0.1, "own")
     assert schedule.hedge_at() == START + 0.1
 
 
 def test_no_hedge_for_kinds_off_or_when_nobody_else_or_two_running() -> None:
     clock = FakeTime()
     cases: list[dict[str, Any]] = [
-        {"kind": "zip"},                                   # not in the default kinds
+        {"kind": "zip", "hedge": Hedge(kinds=("info",))},  # not in the kinds
         {"hedge": Hedge(enabled=False)},
         {"names": ("a",)},                                 # nobody to hedge to
     ]
@@ -239,8 +242,9 @@ async def test_one_hedge_per_request_to_the_next_candidate() -> None:
     first = schedule.launch(schedule.order[0])
     clock.now = START + 0.1
     hedge = schedule.hedge()
-    assert hedge is not None and hedge.name == "b"
-    second = schedule.launch(hedge)
+    assert hedge is not None and hedge.target.name == "b" and hedge.hedged.name == "a"
+    assert hedge.delay == HedgeDelay(0.1, "own")
+    second = schedule.launch(hedge.target)
     assert schedule.hedge_at() is None
     schedule.failed(first)                                 # b alone runs now, c is free
     assert schedule.hedge_at() is None                     # but the request hedged already
@@ -256,7 +260,8 @@ def test_a_wait_that_ends_early_or_with_no_hedge_due_sends_none_and_spends_nothi
     """Timers may fire a millisecond early: ending the wait is not a reason to hedge."""
     clock = FakeTime()
     budget = _budget(10)
-    schedule, stats = _schedule(clock, kind="zip", budget=budget)     # zips do not hedge
+    schedule, stats = _schedule(clock, kind="zip", budget=budget,
+                                hedge=Hedge(kinds=("info",)))          # zips do not hedge here
     _warm(stats["a"], 0.1)
     schedule.launch(schedule.order[0])
     clock.now = START + 9.999                      # just before the deadline
@@ -272,7 +277,7 @@ def test_a_wait_that_ends_early_or_with_no_hedge_due_sends_none_and_spends_nothi
     assert schedule.wait() == pytest.approx(0.001)   # the caller waits out the rest
     clock.now = due
     hedge = schedule.hedge()
-    assert hedge is not None and hedge.name == "b" and budget.spent == 1
+    assert hedge is not None and hedge.target.name == "b" and budget.spent == 1
 
 
 async def test_budget_exhaustion_stops_retries_and_hedges() -> None:
@@ -294,3 +299,105 @@ async def test_budget_exhaustion_stops_retries_and_hedges() -> None:
     assert notes == [f"retry budget exhausted: no {what} (at most 20% of requests + 10/s "
                      "may be retried or hedged)" for what in ("retry", "hedge")]
     assert budget.refused == 2
+
+
+# -- hedge priors: the delay of a cold edge, and of zips -------------------------------
+
+def _probe(stats: UpstreamStats, *latencies: float) -> None:
+    for latency in latencies:
+        stats.record_success(latency, now=START, source="probe")
+
+
+def _delay(schedule: AttemptSchedule) -> HedgeDelay | None:
+    if not schedule.running:
+        schedule.launch(schedule.order[0])
+    return schedule.hedge_delay()
+
+
+def test_cold_with_no_samples_the_delay_is_cold_delay_floored_at_min_delay() -> None:
+    clock = FakeTime()
+    schedule, _ = _schedule(clock)
+    assert _delay(schedule) == HedgeDelay(1.0, "cold")          # the default cold_delay
+    assert schedule.hedge_at() == START + 1.0
+    schedule, _ = _schedule(clock, hedge=Hedge(cold_delay=0.4))
+    assert _delay(schedule) == HedgeDelay(0.4, "cold")
+    schedule, _ = _schedule(clock, hedge=Hedge(cold_delay=0.01, min_delay=0.05))
+    assert _delay(schedule) == HedgeDelay(0.05, "cold")
+
+
+def test_with_route_samples_only_the_others_pooled_set_the_delay() -> None:
+    clock = FakeTime()
+    schedule, stats = _schedule(clock, hedge=Hedge(min_samples=20))
+    _warm(stats["b"], 0.2, samples=10)
+    _warm(stats["c"], 0.3, samples=9)
+    assert _delay(schedule) == HedgeDelay(1.0, "cold")          # 19 pooled: not enough
+    _warm(stats["c"], 0.3, samples=1)
+    assert _delay(schedule) == HedgeDelay(0.3, "route")         # p95 of b's and c's 20
+    _warm(stats["a"], 0.12, samples=20)
+    assert _delay(schedule) == HedgeDelay(0.12, "own")          # its own, once it has enough
+    schedule, stats = _schedule(clock, hedge=Hedge(min_samples=20))
+    _warm(stats["b"], 0.001)
+    assert _delay(schedule) == HedgeDelay(0.05, "route")        # floored at min_delay
+
+
+def test_with_probe_samples_the_running_upstreams_probes_set_the_delay() -> None:
+    clock = FakeTime()
+    schedule, stats = _schedule(clock, hedge=Hedge(probe_samples=3))
+    _probe(stats["a"], 0.08, 0.09)
+    assert _delay(schedule) == HedgeDelay(1.0, "cold")          # two probes: not yet
+    _probe(stats["a"], 0.25)
+    assert _delay(schedule) == HedgeDelay(0.25, "probe")
+    assert len(stats["a"].recent) == 0                         # kept apart from traffic
+    _probe(stats["b"], 5.0, 5.0, 5.0)                          # another's probes: not a's
+    assert _delay(schedule) == HedgeDelay(0.25, "probe")
+    _warm(stats["b"], 0.15)
+    assert _delay(schedule) == HedgeDelay(0.15, "route")        # traffic before probes
+    _warm(stats["a"], 0.11)
+    assert _delay(schedule) == HedgeDelay(0.11, "own")
+
+
+def test_zips_hedge_by_default_on_their_own_samples_with_their_own_floor_and_cold_delay() -> None:
+    clock = FakeTime()
+    hedge = Hedge(min_samples=20, zip_min_delay=0.5, zip_cold_delay=2.0)
+    schedule, stats = _schedule(clock, kind="zip", hedge=hedge)
+    assert Hedge().kinds == ("list", "info", "mod", "latest", "zip")   # on by default
+    _warm(stats["a"], 0.1)                                     # small kinds' samples ...
+    _warm(stats["b"], 0.1)
+    _probe(stats["a"], 0.1, 0.1, 0.1)                          # ... and probes say nothing of zips
+    assert _delay(schedule) == HedgeDelay(2.0, "cold")
+    assert schedule.hedge_at() == START + 2.0
+    for _ in range(20):
+        stats["b"].record_latency(0.9, now=START, source="zip")
+    assert _delay(schedule) == HedgeDelay(0.9, "route")
+    for _ in range(20):
+        stats["a"].record_latency(1.2, now=START, source="zip")
+    assert _delay(schedule) == HedgeDelay(1.2, "own")
+    assert stats["a"].percentile(0.95) == 0.1                  # small kinds' p95 untouched
+    schedule, stats = _schedule(clock, kind="zip", hedge=hedge)
+    for _ in range(20):
+        stats["a"].record_latency(0.02, now=START, source="zip")
+    assert _delay(schedule) == HedgeDelay(0.5, "own")           # floored at zip_min_delay
+    clock.now = START + 0.5
+    order = schedule.hedge()
+    assert order is not None and order.target.name == "b" and order.delay.source == "own"
+
+
+def test_the_in_flight_cap_blocks_a_hedge_to_a_busy_upstream() -> None:
+    clock = FakeTime()
+    notes: list[str] = []
+    budget = _budget(10)
+    schedule, stats = _schedule(clock, hedge=Hedge(max_in_flight=4), budget=budget, notes=notes)
+    stats["b"].in_flight = 4                                   # at the cap: skipped
+    schedule.launch(schedule.order[0])
+    clock.now = START + 1.0
+    order = schedule.hedge()
+    assert order is not None and order.target.name == "c"
+    schedule, stats = _schedule(clock, ("a", "b"), hedge=Hedge(max_in_flight=4), budget=budget,
+                                notes=notes)
+    stats["b"].in_flight = 5                                   # over it, and nobody else
+    schedule.launch(schedule.order[0])
+    clock.now = START + 2.0
+    assert schedule.hedge() is None
+    assert schedule.hedge_at() is None                         # decided: no second chance
+    assert notes == ["no hedge: b at the in-flight cap of 4 (hedge.max_in_flight)"]
+    assert budget.spent == 1                                   # the refused one cost nothing

@@ -154,13 +154,23 @@ RequestKindName = Literal["list", "info", "mod", "zip", "latest", "sumdb"]
 
 
 class Hedge(_Strict):
-    """A second request to the next upstream when the first is slower than its own p95."""
+    """A second request to the next upstream when the first is slower than its own p95.
+
+    The delay comes from the running upstream's own samples, else the route's
+    other upstreams' pooled, else its probes (small kinds only), else the cold
+    default (router/upstream/hedging.py). A zip hedges only until headers arrive.
+    """
 
     enabled: bool = True
-    kinds: tuple[RequestKindName, ...] = ("list", "info", "mod", "latest")
+    kinds: tuple[RequestKindName, ...] = ("list", "info", "mod", "latest", "zip")
     percentile: Annotated[float, Field(gt=0, lt=1)] = 0.95
     min_delay: Annotated[float, Field(ge=0)] = 0.05    # seconds: never hedge sooner
     min_samples: Annotated[int, Field(ge=1)] = 20      # of the upstream's recent latencies
+    probe_samples: Annotated[int, Field(ge=1)] = 3     # probe measurements that set a delay
+    cold_delay: Annotated[float, Field(ge=0)] = 1.0    # seconds: with nothing measured yet
+    zip_min_delay: Annotated[float, Field(ge=0)] = 0.5     # a zip's floor, and ...
+    zip_cold_delay: Annotated[float, Field(ge=0)] = 2.0    # ... its delay with no zip measured
+    max_in_flight: Annotated[int, Field(ge=1)] = 32    # no hedge to an upstream this busy
 
 
 class Route(_Strict):
@@ -264,6 +274,7 @@ class Probes(_Strict):
     enabled: bool = True
     interval: Annotated[float, Field(gt=0)] = 10.0      # seconds, jittered +-20 %
     timeout: Annotated[float, Field(gt=0)] = 3.0
+    startup_wait: Annotated[float, Field(ge=0)] = 2.0   # seconds serving waits for the first round
 
 
 DEFAULT_CACHE_MAX_SIZE = 10 * 10**9     # 10GB: a disk cache is bounded unless asked otherwise

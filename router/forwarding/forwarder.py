@@ -5,8 +5,10 @@ next upstream is asked, at no cost to the budget, and that upstream is not
 asked again. Anything else is a failure: the next-ranked upstream is asked
 after a backoff with full jitter, cycling back to failed ones while
 `retry.max_attempts` and the retry budget allow. When the running attempt is
-slower than its upstream's own recent p95, one hedge goes to the next
-upstream and the first good answer wins. All of this happens within the
+slower than its hedge delay (its upstream's p95, or a prior when cold:
+router/upstream/hedging.py), one hedge goes to the next upstream and the
+first good answer wins; a zip's is its headers, so the loser is cancelled
+before its body flows. All of this happens within the
 request's deadline and before a byte reaches the client: small answers
 (list, .info, .mod, @latest) are read whole and validated first, so even a
 broken body fails over. A zip streams; if its body breaks after the status
@@ -44,7 +46,7 @@ from goproxy_router.forwarding.fetching import (  # noqa: F401  (re-exported: th
     failure_response,
     text_response,
 )
-from goproxy_router.forwarding.schedule import AttemptSchedule, Run
+from goproxy_router.forwarding.schedule import AttemptSchedule, HedgeOrder, Run
 from goproxy_router.forwarding.stream import ClientSink, abort_client  # noqa: F401  (abort_client: re-exported)
 from goproxy_router.protocol.integrity import MAX_ZIP_FILE, SMALL_BODY_LIMIT, BodyVerdict, judge_small_body
 from goproxy_router.storage.entry import CacheEntry
@@ -87,8 +89,11 @@ class AttemptObserver:
     def retry(self) -> None:
         """An attempt is being made after a failed one."""
 
-    def hedge(self) -> None:
-        """A hedge request was sent."""
+    def hedge(self, upstream: str, source: str) -> None:
+        """A hedge request was sent to `upstream`; `source` set its delay (hedging.py)."""
+
+    def hedge_won(self, upstream: str) -> None:
+        """The hedge sent to `upstream` answered first."""
 
 
 class Forwarder:
@@ -124,6 +129,7 @@ class Forwarder:
         running: RunningTasks = {}
         fallback: Fetched | None = None   # the first doubtful answer
         winner: str | None = None
+        hedge_run: Run | None = None
         try:
             while True:
                 if not running:
@@ -140,10 +146,9 @@ class Forwarder:
                 if not done:
                     if schedule.deadline_left() <= 0:
                         break
-                    hedge_target = schedule.hedge()
-                    if hedge_target is not None:
-                        self.observer.hedge()
-                        self._launch(running, schedule, hedge_target, plan)
+                    order = schedule.hedge()
+                    if order is not None:
+                        hedge_run = self._hedge(running, schedule, order, plan)
                     continue
                 for task in done:
                     run = running.pop(task)
@@ -151,6 +156,8 @@ class Forwarder:
                     if isinstance(result, Fetched):
                         schedule.answered(run)
                         winner = run.target.name
+                        if run is hedge_run:
+                            self.observer.hedge_won(winner)
                         return result
                     if isinstance(result, Doubtful):
                         schedule.said_not_here(run)
@@ -176,10 +183,21 @@ class Forwarder:
                                notes=plan.notes, rng=self._rng)
 
     def _launch(self, running: RunningTasks, schedule: AttemptSchedule,
-                target: UpstreamTarget, plan: ForwardPlan) -> None:
+                target: UpstreamTarget, plan: ForwardPlan) -> Run:
         run = schedule.launch(target)
         task = asyncio.ensure_future(self._attempt(target, plan, schedule.deadline_at))
         running[task] = run
+        return run
+
+    def _hedge(self, running: RunningTasks, schedule: AttemptSchedule, order: HedgeOrder,
+               plan: ForwardPlan) -> Run:
+        """Send the hedge, counted and logged with what set its delay."""
+        self.observer.hedge(order.target.name, order.delay.source)
+        log_event(log, logging.INFO, "hedge sent", request_id=plan.request_id, route=plan.route,
+                  module=plan.module, kind=plan.kind, upstream=order.hedged.name,
+                  hedge_to=order.target.name, delay=round(order.delay.seconds, 4),
+                  delay_source=order.delay.source)
+        return self._launch(running, schedule, order.target, plan)
 
     async def _cancel(self, plan: ForwardPlan, running: RunningTasks, winner: str | None) -> None:
         """Stop attempts still running: a hedge that lost, or the deadline."""
@@ -245,7 +263,7 @@ class Forwarder:
                     return self._failed(plan, target, stats, Outcome.INVALID, started, 200,
                                         f"invalid .zip: {response.content_length} bytes is over "
                                         f"the go command's limit of {MAX_ZIP_FILE}")
-                stats.record_latency(headers_at)
+                stats.record_latency(headers_at, source="zip" if plan.kind == "zip" else "traffic")
                 streaming = True            # its outcome is counted once the body is through
                 return Fetched(target, stats, response, None, headers_at)
             try:

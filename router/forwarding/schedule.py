@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from goproxy_router.config.schema import Hedge, Retry
 from goproxy_router.forwarding.budget import RetryBudget
+from goproxy_router.upstream.hedging import HedgeDelay, hedge_delay
 from goproxy_router.upstream.stats import UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget
 
@@ -33,6 +34,15 @@ class Run:
 
     target: UpstreamTarget
     started: float
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeOrder:
+    """The hedge to send: to `target`, because `hedged` (running) went unanswered for `delay`."""
+
+    target: UpstreamTarget
+    hedged: UpstreamTarget
+    delay: HedgeDelay
 
 
 def full_jitter(rng: random.Random, retry: Retry, failures: int) -> float:
@@ -52,9 +62,13 @@ class AttemptSchedule:
     - back off: a retry spends from the shared budget, then waits a full-jitter
       pause, unless that pause would reach the deadline;
     - hedge at: with exactly one attempt running and another upstream to ask,
-      at the running upstream's percentile (`hedge.percentile`, from at least
-      `hedge.min_samples` samples) after it was sent, never sooner than
-      `hedge.min_delay`; at most one hedge per request, paid from the budget.
+      a hedge delay after it was sent: the running upstream's percentile
+      (`hedge.percentile`) of its own samples, else of the route's others',
+      else of its probes, else `hedge.cold_delay` (router/upstream/hedging.py;
+      zips by their own samples and floors); at most one hedge per request,
+      paid from the budget, never to an upstream with `hedge.max_in_flight`
+      requests in flight. A zip hedges only until its headers arrive: the
+      attempt returns at the headers, so the first headers win.
 
     Decisions that end the request early are written to `notes` (the plan's),
     in the words the client sees.
@@ -62,7 +76,7 @@ class AttemptSchedule:
 
     __slots__ = ("order", "retry", "hedge_policy", "hedging", "budget", "deadline_seconds",
                  "deadline_at", "notes", "tries", "not_here", "running", "failures", "hedged",
-                 "_stats", "_clock", "_sleep", "_rng")
+                 "for_zip", "_stats", "_clock", "_sleep", "_rng")
 
     def __init__(self, targets: Sequence[UpstreamTarget], retry: Retry, hedge: Hedge,
                  budget: RetryBudget, *, kind: str, started: float, deadline: float,
@@ -82,6 +96,7 @@ class AttemptSchedule:
         self.running: list[Run] = []
         self.failures = 0
         self.hedged = False
+        self.for_zip = kind == "zip"
         self._stats = stats
         self._clock = clock
         self._sleep = sleep
@@ -184,19 +199,23 @@ class AttemptSchedule:
             await self._sleep(pause)
         return True
 
-    def hedge_at(self) -> float | None:
-        """When (on the clock) a hedge is due, or None when this request must not hedge
-        (now or yet): hedged already, off for this kind, not exactly one attempt
-        running, nobody else to ask, or too few latency samples of the running one."""
+    def hedge_delay(self) -> HedgeDelay | None:
+        """The hedge delay of the one attempt running, and what set it; None when this
+        request must not hedge (now or yet): hedged already, off for this kind, not
+        exactly one attempt running, or nobody else to ask."""
         if (self.hedged or not self.hedging or len(self.running) != 1
                 or not self.candidates()):
             return None
-        [run] = self.running
-        hedge = self.hedge_policy
-        p = self._stats(run.target).percentile(hedge.percentile, hedge.min_samples)
-        if p is None:
+        running = self.running[0].target
+        others = (self._stats(t) for t in self.order if t.name != running.name)
+        return hedge_delay(self.hedge_policy, self._stats(running), others, for_zip=self.for_zip)
+
+    def hedge_at(self) -> float | None:
+        """When (on the clock) a hedge is due, or None when this request must not hedge."""
+        delay = self.hedge_delay()
+        if delay is None:
             return None
-        return run.started + max(p, hedge.min_delay)
+        return self.running[0].started + delay.seconds
 
     def wait(self) -> float:
         """Seconds to wait for the running attempts: up to the deadline, or a due hedge."""
@@ -206,17 +225,24 @@ class AttemptSchedule:
             wait = min(wait, hedge_at - self._clock())
         return max(wait, 0.0)
 
-    def hedge(self) -> UpstreamTarget | None:
+    def hedge(self) -> HedgeOrder | None:
         """The wait ended with nothing done before the deadline: the one hedge of this
-        request goes to the next candidate, if one is due, there is a candidate and the
-        budget pays. A wait that ended before the hedge was due (event-loop timers may
-        fire a millisecond early), or with no hedge to make at all (hedging off, a zip),
-        sends nothing: the caller waits again."""
-        due = self.hedge_at()
-        if due is None or self._clock() < due:
+        request goes to the next candidate below the in-flight cap, if one is due, there
+        is such a candidate and the budget pays. A wait that ended before the hedge was
+        due (event-loop timers may fire a millisecond early), or with no hedge to make at
+        all (hedging off), sends nothing: the caller waits again."""
+        delay = self.hedge_delay()
+        if delay is None or self._clock() < self.running[0].started + delay.seconds:
             return None
         self.hedged = True
-        candidates = self.candidates()[:1]
-        if candidates and self.may_spend("hedge"):
-            return candidates[0]
+        hedged = self.running[0].target
+        cap = self.hedge_policy.max_in_flight
+        candidates = self.candidates()
+        free = [t for t in candidates if self._stats(t).in_flight < cap]
+        if not free:
+            self.notes.append(f"no hedge: {', '.join(t.name for t in candidates)} at the "
+                              f"in-flight cap of {cap} (hedge.max_in_flight)")
+            return None
+        if self.may_spend("hedge"):
+            return HedgeOrder(free[0], hedged, delay)
         return None

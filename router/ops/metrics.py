@@ -59,8 +59,13 @@ class Metrics:
             "Requests waiting now for a connection of the edge's own pool to the upstream.",
             ["upstream"], registry=r)
         self.retries = Counter("goproxy_retries", "Attempts made after a failed one.", registry=r)
-        self.hedges = Counter("goproxy_hedges", "Hedged requests sent to a second upstream.",
-                              registry=r)
+        # By the upstream the hedge went to, and what set its delay: "own" samples of the
+        # upstream that was slow, the "route"'s others, its "probe"s, or "cold" (hedging.py).
+        self.hedges = Counter("goproxy_hedges", "Hedged requests sent to a second upstream, by "
+                              "that upstream and the source of the hedge delay.",
+                              ["upstream", "source"], registry=r)
+        self.hedge_wins = Counter("goproxy_hedge_wins", "Hedges that answered first, by the "
+                                  "upstream they went to.", ["upstream"], registry=r)
         self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
                                ["result"], registry=r)
         for result in RELOAD_RESULTS:     # every series exists at 0, so an alert can see it rise
@@ -113,8 +118,11 @@ class MetricsObserver(AttemptObserver):
     def retry(self) -> None:
         self._metrics.retries.inc()
 
-    def hedge(self) -> None:
-        self._metrics.hedges.inc()
+    def hedge(self, upstream: str, source: str) -> None:
+        self._metrics.hedges.labels(upstream, source).inc()
+
+    def hedge_won(self, upstream: str) -> None:
+        self._metrics.hedge_wins.labels(upstream).inc()
 
 
 class MetricsPoolObserver(PoolObserver):

@@ -61,7 +61,9 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appli
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await edge.client.start()
-        edge.state.prober.start()
+        edge.state.prober.start(probe_now=True)
+        # No edge starts blind: one probe round sets the first hedge delays, if it is quick.
+        await edge.state.prober.first_round(edge.state.config.probes.startup_wait)
         yield
         await edge.state.prober.stop()
         await edge.client.close()

@@ -228,6 +228,17 @@ def _print_explain(report: dict[str, Any], as_json: bool, live: bool) -> None:
         print("why:")
         for name, plugin, text in why:
             print(f"  {name.ljust(width)}  {plugin}: {text}")
+    hedge = report.get("hedge") or {}
+    if hedge:
+        width = max(len(name) for name in hedge)
+        print("hedge:   an attempt still unanswered after this is hedged to the next upstream:")
+        for name, delays in hedge.items():
+            print(f"  {name.ljust(width)}  {_hedge_delay(delays['small'])}, "
+                  f"zip {_hedge_delay(delays['zip'])}")
+
+
+def _hedge_delay(delay: dict[str, Any] | None) -> str:
+    return "off" if delay is None else f"{delay['seconds']:.3g}s ({delay['source']})"
 
 
 class _HelpFormatter(argparse.HelpFormatter):

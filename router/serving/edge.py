@@ -46,6 +46,7 @@ from goproxy_router.serving.responses import CONTENT_TYPES, IMMUTABLE
 from goproxy_router.serving.sumdb import SumdbProxy
 from goproxy_router.serving.thin import HitTable, KeptHit, RenderedResponse, hit_response, is_plain_get
 from goproxy_router.upstream.client import UpstreamClient
+from goproxy_router.upstream.hedging import explain_delays
 from goproxy_router.upstream.pool import PoolObserver
 from goproxy_router.upstream.probes import Prober, ProbeTarget
 from goproxy_router.upstream.stats import StatsRegistry, StatsSettings
@@ -112,7 +113,10 @@ class EdgeState:
         if route is None:
             raise LookupError(f"no route in routes.yaml matches module {module}")
         ctx = self.context(route.name, module, Kind.INFO, client_ip)
-        return explain(ctx, self.rank(ctx))
+        ranking = self.rank(ctx)
+        report = explain(ctx, ranking)
+        report["hedge"] = explain_delays(route.hedge, [s.candidate.stats for s in ranking.order])
+        return report
 
 
 class Edge:

@@ -4,7 +4,9 @@ Passive samples only exist for upstreams that get traffic. Probes keep an
 idle upstream's latency estimate fresh (so it can win back traffic once it
 recovers), notice a dead one before a developer's request does, and are
 the trial requests that readmit an ejected upstream when its breaker
-turns half-open.
+turns half-open. At start-up one round goes out at once and serving waits
+for it up to `probes.startup_wait`, so no edge starts blind: its samples
+(kept apart from traffic's) set the first hedge delays.
 """
 
 from __future__ import annotations
@@ -50,12 +52,29 @@ class Prober:
                                   read=settings.timeout)
         self._rng = rng or random.Random()
         self._tasks: list[asyncio.Task[None]] = []
+        self._probed_once: list[asyncio.Event] = []
 
-    def start(self) -> None:
+    def start(self, *, probe_now: bool = False) -> None:
+        """Start one loop per upstream; `probe_now` (start-up): each probes at once,
+        not after a jittered pause."""
         if not self._settings.enabled:
             return
         for probe in self._targets:
-            self._tasks.append(asyncio.create_task(self._loop(probe), name=f"probe {probe.target.name}"))
+            probed = asyncio.Event()
+            self._probed_once.append(probed)
+            self._tasks.append(asyncio.create_task(self._loop(probe, probed, probe_now),
+                                                   name=f"probe {probe.target.name}"))
+
+    async def first_round(self, timeout: float) -> bool:
+        """Wait until every loop probed once, `timeout` seconds at most (the loops go on
+        either way). Whether all had."""
+        waits = [asyncio.ensure_future(probed.wait()) for probed in self._probed_once]
+        if not waits:
+            return True
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        for wait in pending:
+            wait.cancel()
+        return not pending
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -64,11 +83,13 @@ class Prober:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._probed_once.clear()
 
-    async def _loop(self, probe: ProbeTarget) -> None:
+    async def _loop(self, probe: ProbeTarget, probed: asyncio.Event, probe_now: bool) -> None:
         """Probe every interval (jittered); and as soon as an ejection ends, as its trial."""
         stats = self._registry.get(probe.target.name, probe.target.base_url)
-        due = time.monotonic() + self._rng.uniform(0, min(1.0, self._settings.interval))
+        due = time.monotonic() + (0.0 if probe_now else
+                                  self._rng.uniform(0, min(1.0, self._settings.interval)))
         while True:
             now = time.monotonic()
             breaker = stats.breaker
@@ -82,6 +103,7 @@ class Prober:
                     await self.probe_once(probe, stats)
                 except Exception as exc:       # a probe loop must outlive any surprise
                     self._failed(probe, stats, now, f"{type(exc).__name__}: {exc}")
+                probed.set()
                 due = time.monotonic() + self._settings.interval * self._rng.uniform(0.8, 1.2)
                 continue
             # Wake up often enough to notice an ejection made by real traffic meanwhile.
@@ -104,7 +126,7 @@ class Prober:
         if response.status >= 500:
             self._failed(probe, stats, started, f"HTTP {response.status}")
             return False
-        stats.record_success(time.monotonic() - started)
+        stats.record_success(time.monotonic() - started, source="probe")
         return True
 
     def _failed(self, probe: ProbeTarget, stats: UpstreamStats, started: float, error: str) -> None:

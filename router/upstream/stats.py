@@ -3,6 +3,9 @@
 Pure data fed by real requests (passive) and probes (active). Nothing here
 ranks: plugins read these numbers through the scoring engine. Keys are
 (name, url), so the stats of an upstream survive a config reload unchanged.
+Recent time-to-headers samples are kept in three windows by source --
+small kinds' traffic, zips' traffic, probes -- so a hedge delay can say
+which one it came from (router/upstream/hedging.py); all three feed the EWMA.
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from goproxy_router.config.schema import Scoring
+
+# Where a latency sample came from: traffic for list/.info/.mod/@latest (and 404s),
+# traffic for zips (an upstream may fetch a zip from the origin on a miss: slower),
+# or an active probe.
+SampleSource = Literal["traffic", "zip", "probe"]
+PROBE_WINDOW = 16       # probe samples kept: a probe every ~10 s, so the last few minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +136,8 @@ class UpstreamStats:
     """Everything known right now about one upstream's health and speed."""
 
     __slots__ = ("name", "url", "settings", "latency", "in_flight", "requests", "failures",
-                 "breaker", "recent", "last_error", "last_error_at", "last_sample_at", "not_before")
+                 "breaker", "recent", "recent_zip", "probed", "last_error", "last_error_at",
+                 "last_sample_at", "not_before")
 
     def __init__(self, name: str, url: str, settings: StatsSettings) -> None:
         self.name = name
@@ -136,7 +148,9 @@ class UpstreamStats:
         self.requests = 0
         self.failures = 0
         self.breaker = Breaker(settings)
-        self.recent: deque[float] = deque(maxlen=settings.window)
+        self.recent: deque[float] = deque(maxlen=settings.window)       # small kinds' traffic
+        self.recent_zip: deque[float] = deque(maxlen=settings.window)   # zips' time to headers
+        self.probed: deque[float] = deque(maxlen=PROBE_WINDOW)          # active probes
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.last_sample_at: float | None = None
@@ -149,7 +163,8 @@ class UpstreamStats:
     def end(self) -> None:
         self.in_flight = max(self.in_flight - 1, 0)
 
-    def record_success(self, rtt: float, now: float | None = None, *, sample: bool = True) -> None:
+    def record_success(self, rtt: float, now: float | None = None, *, sample: bool = True,
+                       source: SampleSource = "traffic") -> None:
         """The upstream answered (200, 404, 410): `rtt` is the time to its headers.
 
         ``sample=False`` when `record_latency` already took the sample at the
@@ -158,10 +173,11 @@ class UpstreamStats:
         now = time.monotonic() if now is None else now
         self.requests += 1
         if sample:
-            self.record_latency(rtt, now)
+            self.record_latency(rtt, now, source=source)
         self.breaker.record_success(now)
 
-    def record_latency(self, rtt: float, now: float | None = None) -> None:
+    def record_latency(self, rtt: float, now: float | None = None, *,
+                       source: SampleSource = "traffic") -> None:
         """Headers came after `rtt`, the body is still to come: a latency sample only.
 
         The outcome is recorded once the body is through (`record_success`
@@ -171,7 +187,7 @@ class UpstreamStats:
         """
         now = time.monotonic() if now is None else now
         self.latency.observe(rtt, now)
-        self.recent.append(rtt)
+        self.samples(source).append(rtt)
         self.last_sample_at = now
 
     def record_failure(self, elapsed: float, error: str, now: float | None = None) -> None:
@@ -194,12 +210,22 @@ class UpstreamStats:
         """Honour a 429's Retry-After: not to be asked again before `until`."""
         self.not_before = max(self.not_before, until)
 
-    def percentile(self, fraction: float, min_samples: int = 20) -> float | None:
-        """A percentile of recent header latencies, or None with too few samples."""
-        if len(self.recent) < min_samples:
-            return None
-        ordered = sorted(self.recent)
-        return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+    def samples(self, source: SampleSource = "traffic") -> deque[float]:
+        """The window of recent header latencies from `source`."""
+        return {"traffic": self.recent, "zip": self.recent_zip, "probe": self.probed}[source]
+
+    def percentile(self, fraction: float, min_samples: int = 20,
+                   source: SampleSource = "traffic") -> float | None:
+        """A percentile of recent header latencies from `source`, or None with too few."""
+        return percentile_of(self.samples(source), fraction, min_samples)
+
+
+def percentile_of(samples: Iterable[float], fraction: float, min_samples: int = 1) -> float | None:
+    """The `fraction` percentile of `samples` (nearest rank), or None with fewer than `min_samples`."""
+    ordered = sorted(samples)
+    if not ordered or len(ordered) < min_samples:
+        return None
+    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
 
 
 class StatsRegistry:
