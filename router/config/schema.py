@@ -254,6 +254,20 @@ class Hedge(_Strict):
     min_samples: Annotated[int, Field(ge=1)] = 20      # of the upstream's recent latencies
 
 
+class Resume(_Strict):
+    """A stalled zip body resumed from the byte reached (router/forwarding/resume.py).
+
+    A stall is `stall_factor` times the seconds the next 64 KiB should take at the
+    body's observed throughput, never less than `stall_floor` nor more than
+    `timeouts.read`, which stays the longest silence a body is allowed.
+    """
+
+    enabled: bool = True
+    max_resumes: Annotated[int, Field(ge=0, le=10)] = 2     # per body
+    stall_floor: Annotated[float, Field(gt=0)] = 5.0         # seconds
+    stall_factor: Annotated[float, Field(gt=0)] = 20.0
+
+
 class Route(_Strict):
     name: str
     match: tuple[str, ...]
@@ -441,6 +455,7 @@ class Config(_Strict):
     timeouts: Timeouts = Timeouts()
     retry: Retry = Retry()
     hedge: Hedge = Hedge()
+    resume: Resume = Resume()
     probes: Probes = Probes()
     pool: Pool = Pool()
     admin: Admin = Admin()
