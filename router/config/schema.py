@@ -173,6 +173,20 @@ class Hedge(_Strict):
     max_in_flight: Annotated[int, Field(ge=1)] = 32    # no hedge to an upstream this busy
 
 
+class Resume(_Strict):
+    """A stalled zip body resumed from the byte reached (router/forwarding/resume.py).
+
+    A stall is `stall_factor` times the seconds the next 64 KiB should take at the
+    body's observed throughput, never less than `stall_floor` nor more than
+    `timeouts.read`, which stays the longest silence a body is allowed.
+    """
+
+    enabled: bool = True
+    max_resumes: Annotated[int, Field(ge=0, le=10)] = 2     # per body
+    stall_floor: Annotated[float, Field(gt=0)] = 5.0         # seconds
+    stall_factor: Annotated[float, Field(gt=0)] = 20.0
+
+
 class Route(_Strict):
     name: str
     match: tuple[str, ...]
@@ -361,6 +375,7 @@ class Config(_Strict):
     timeouts: Timeouts = Timeouts()
     retry: Retry = Retry()
     hedge: Hedge = Hedge()
+    resume: Resume = Resume()
     probes: Probes = Probes()
     pool: Pool = Pool()
     admin: Admin = Admin()

@@ -13,7 +13,8 @@ request's deadline and before a byte reaches the client: small answers
 (list, .info, .mod, @latest) are read whole and validated first, so even a
 broken body fails over. A zip streams; if its body breaks after the status
 line went out, the client connection is aborted, so the go command sees an
-error and never a complete-looking truncated 200.
+error and never a complete-looking truncated 200, unless it only stalled and
+can be resumed from the same upstream (router/forwarding/resume.py).
 
 Who is asked next, when to hedge and how long to back off is decided by
 `AttemptSchedule` (router/forwarding/schedule.py); `Forwarder.fetch` runs its attempts.
@@ -35,6 +36,7 @@ from email.utils import parsedate_to_datetime
 from aiohttp import web
 
 from goproxy_router.base.logs import log_event
+from goproxy_router.config.schema import Resume
 from goproxy_router.config.secrets import redact
 from goproxy_router.forwarding import stream
 from goproxy_router.forwarding.budget import RetryBudget
@@ -46,6 +48,7 @@ from goproxy_router.forwarding.fetching import (  # noqa: F401  (re-exported: th
     failure_response,
     text_response,
 )
+from goproxy_router.forwarding.resume import Resumer
 from goproxy_router.forwarding.schedule import AttemptSchedule, HedgeOrder, Run
 from goproxy_router.forwarding.stream import ClientSink, abort_client  # noqa: F401  (abort_client: re-exported)
 from goproxy_router.protocol.integrity import MAX_ZIP_FILE, SMALL_BODY_LIMIT, BodyVerdict, judge_small_body
@@ -83,6 +86,9 @@ RunningTasks = dict[asyncio.Task[Fetched | Doubtful | Attempt], Run]   # attempt
 class AttemptObserver:
     """Hooks the metrics use to see the policy at work; these defaults do nothing."""
 
+    def resume(self, upstream: str, outcome: str) -> None:
+        """A zip body from `upstream` stalled; `outcome` is one of resume.RESUME_OUTCOMES."""
+
     def attempt(self, upstream: str, outcome: str, latency: float | None) -> None:
         """An attempt ended; `latency` is its time to headers when it got an answer."""
 
@@ -105,12 +111,14 @@ class Forwarder:
 
     def __init__(self, client: UpstreamClient, registry: StatsRegistry,
                  budget: RetryBudget | None = None, rng: random.Random | None = None,
-                 observer: AttemptObserver | None = None) -> None:
+                 observer: AttemptObserver | None = None, resume: Resume | None = None) -> None:
         self._client = client
         self._registry = registry
         self.budget = budget or RetryBudget()
         self._rng = rng or random.Random()
         self.observer = observer or AttemptObserver()
+        self._resumer = Resumer(client, self.budget, resume or Resume(),
+                                lambda upstream, outcome: self.observer.resume(upstream, outcome))
 
     async def forward(self, request: web.Request, plan: ForwardPlan) -> web.StreamResponse:
         fetched = await self.fetch(plan)
@@ -368,7 +376,8 @@ class Forwarder:
                    cache: CacheWriter | None, headers: dict[str, str]) -> CacheEntry | None:
         """Stream a 200's body to the client and/or the cache (router/forwarding/stream.py)."""
         return await stream.pump(plan, fetched, client, cache, headers,
-                                 failed=self._failed, delivered=self._delivered)
+                                 failed=self._failed, delivered=self._delivered,
+                                 resumer=self._resumer)
 
     def _delivered(self, plan: ForwardPlan, fetched: Fetched, elapsed: float, detail: str) -> None:
         """Record a streamed answer that went through."""

@@ -3,7 +3,9 @@
 Which upstream answered, and whether it is to be trusted, is settled before
 this (router/forwarding/forwarder.py); here one fetched body goes out chunk by chunk.
 Must not import goproxy_router.forwarding.forwarder nor router.artifacts: the outcome of the
-stream is reported through the `failed` and `delivered` callbacks.
+stream is reported through the `failed` and `delivered` callbacks. A zip body that
+stalls is resumed where it allows it (router/forwarding/resume.py): the chunks below
+are then of one unbroken stream, whatever answer they came in.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from goproxy_router.forwarding.fetching import Attempt, Fetched, ForwardPlan, Outcome
+from goproxy_router.forwarding.resume import MIN_RATE_BYTES, Resumer
 from goproxy_router.protocol.integrity import MAX_ZIP_FILE, ZipTail
 from goproxy_router.storage.entry import CacheEntry
 from goproxy_router.storage.errors import CacheError, CacheIntegrityError, CacheUnavailable
 from goproxy_router.storage.writer import CacheWriter
-from goproxy_router.upstream.client import AttemptError, AttemptTimeout
+from goproxy_router.upstream.client import AttemptError, AttemptTimeout, UpstreamResponse
 from goproxy_router.upstream.stats import UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget
 
@@ -33,7 +36,8 @@ Delivered = Callable[[ForwardPlan, Fetched, float, str], None]
 
 async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
                cache: CacheWriter | None, headers: dict[str, str], *,
-               failed: Failed, delivered: Delivered) -> CacheEntry | None:
+               failed: Failed, delivered: Delivered,
+               resumer: Resumer | None = None) -> CacheEntry | None:
     """Stream a 200's body to the client and/or the cache, chunk by chunk.
 
     Each write is awaited (backpressure). A client that goes away only
@@ -45,9 +49,16 @@ async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
     body (its disk is full or failing: CacheUnavailable, logged and counted
     by the cache) is dropped and the body goes on to the client: not the
     upstream's failure; with no client left either, the read stops there.
-    Returns the committed entry (None when nothing was cached).
+    Returns the committed entry (None when nothing was cached). With a `resumer`, a
+    stalled zip body is resumed from the byte reached rather than failed.
     """
     upstream, target, stats = fetched.response, fetched.target, fetched.stats
+    reader = resumer.body(plan, fetched) if resumer is not None else None
+
+    def current() -> UpstreamResponse:
+        """The answer being read: the first, or the resume that followed a stall."""
+        return reader.response if reader is not None else upstream
+
     started = time.monotonic()
     try:
         if client is not None:
@@ -64,7 +75,7 @@ async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
         held = b""
         dropped = False                   # the cache gave up on this body
         try:
-            async for chunk in upstream.chunks():
+            async for chunk in (reader.chunks() if reader is not None else upstream.chunks()):
                 received += len(chunk)
                 if tail is not None and received > MAX_ZIP_FILE:
                     raise _Invalid(f"invalid .zip: over the go command's limit of "
@@ -75,7 +86,7 @@ async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
                     except CacheUnavailable:
                         cache, dropped = None, True
                 if dropped and (client is None or client.gone):
-                    upstream.close()      # nobody wants the rest: stop reading
+                    current().close()     # nobody wants the rest: stop reading
                     stats.record_success(fetched.headers_at, sample=False)
                     delivered(plan, fetched, time.monotonic() - started,
                               "ok (not cached, nobody to send it to)")
@@ -102,7 +113,7 @@ async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
                 except CacheUnavailable:
                     dropped = True
         except (AttemptError, AttemptTimeout, CacheError) as exc:
-            upstream.close()
+            current().close()
             if cache is not None:
                 cache.abort()
             aborted = " (the client connection was aborted)" if client and client.started else ""
@@ -114,8 +125,10 @@ async def pump(plan: ForwardPlan, fetched: Fetched, client: ClientSink | None,
             if client is not None:
                 client.abort()
             return None
-        upstream.release()
+        current().release()
         stats.record_success(fetched.headers_at, sample=False)
+        if tail is not None and received >= MIN_RATE_BYTES:
+            stats.record_throughput(received, time.monotonic() - started)
         if client is not None:
             await client.finish(held)
         delivered(plan, fetched, time.monotonic() - started,

@@ -66,6 +66,10 @@ class Metrics:
                               ["upstream", "source"], registry=r)
         self.hedge_wins = Counter("goproxy_hedge_wins", "Hedges that answered first, by the "
                                   "upstream they went to.", ["upstream"], registry=r)
+        self.resumes = Counter(
+            "goproxy_resumes", "Stalled zip bodies, by upstream and what followed: resumed with "
+            "a Range request, or not (budget refused, resume failed, answer did not match).",
+            ["upstream", "outcome"], registry=r)
         self.reloads = Counter("goproxy_config_reloads", "Configuration reloads, by result.",
                                ["result"], registry=r)
         for result in RELOAD_RESULTS:     # every series exists at 0, so an alert can see it rise
@@ -109,6 +113,9 @@ class MetricsObserver(AttemptObserver):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+
+    def resume(self, upstream: str, outcome: str) -> None:
+        self._metrics.resumes.labels(upstream, outcome).inc()
 
     def attempt(self, upstream: str, outcome: str, latency: float | None) -> None:
         self._metrics.attempts.labels(upstream, outcome).inc()

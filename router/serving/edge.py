@@ -84,7 +84,8 @@ class EdgeState:
         }
         retry = config.retry
         self.forwarder = Forwarder(client, registry, budget or RetryBudget(
-            retry.budget_ratio, retry.budget_floor, retry.budget_window), observer=observer)
+            retry.budget_ratio, retry.budget_floor, retry.budget_window), observer=observer,
+            resume=config.resume)
         self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
         self.peers = PeerBook(config.geoip.trusted_proxies)
         self.prober = Prober(client, registry, (

@@ -13,7 +13,7 @@ request goes to, with which credentials, is an `UpstreamTarget`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -87,16 +87,9 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the (decoded) body; raise AttemptTimeout on an idle gap, AttemptError
         on a break or a body that does not decode within the limit."""
-        content = self._response.content
         decoder = self._decoder
         while True:
-            try:
-                async with asyncio.timeout(self._read_timeout):
-                    chunk = await content.readany()
-            except TimeoutError:
-                raise AttemptTimeout("reading the body", self._read_timeout) from None
-            except (aiohttp.ClientError, ConnectionError) as exc:
-                raise AttemptError(f"body broke off: {_describe(exc)}") from None
+            chunk = await self.read_chunk(self._read_timeout)
             if decoder is None:
                 if not chunk:
                     return
@@ -112,6 +105,18 @@ class UpstreamResponse:
                     yield piece
             except DecodeError as exc:
                 raise AttemptError(str(exc)) from None
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        """The next piece of the body as it came (b"" at its end), for a caller that
+        chooses each wait: AttemptTimeout after `timeout` s of silence (the body may
+        still be read on after it), AttemptError on a break."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._response.content.readany()
+        except TimeoutError:
+            raise AttemptTimeout("reading the body", timeout) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise AttemptError(f"body broke off: {_describe(exc)}") from None
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body (for small answers), refusing one larger than `limit`
@@ -205,7 +210,7 @@ class UpstreamClient:
 
     async def open(
         self, target: UpstreamTarget, path: str, method: str, timeouts: Timeouts,
-        timing: PoolTiming | None = None,
+        timing: PoolTiming | None = None, headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         """Send one request and wait (bounded) for its response headers.
 
@@ -215,6 +220,7 @@ class UpstreamClient:
         edge's own network); the upstream's own headers (its credentials) go
         only to its own origin. The headers timeout does not run while the
         request waits for a pooled connection; `timing` is told how long it did.
+        `headers` go with every hop (a resume's Range and If-Range).
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not called")
@@ -228,7 +234,8 @@ class UpstreamClient:
             async with asyncio.timeout(timeouts.headers) as deadline:
                 queueing = Queueing(target.name, timing, self.observer, deadline)
                 for _ in range(MAX_REDIRECTS + 1):
-                    response = await self._send(target, hop, method, timeout, queueing)
+                    response = await self._send(target, hop, method, timeout, queueing,
+                                                headers)
                     location = response.headers.get("Location")
                     if response.status not in _REDIRECTS or not location:
                         return self._answer(response, hop.url, timeouts)
@@ -250,13 +257,16 @@ class UpstreamClient:
                 queueing.settle()      # aiohttp does not say when a wait ends in an error
 
     async def _send(self, target: UpstreamTarget, hop: Hop, method: str,
-                    timeout: aiohttp.ClientTimeout, queueing: Queueing) -> aiohttp.ClientResponse:
+                    timeout: aiohttp.ClientTimeout, queueing: Queueing,
+                    extra: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """One request of a redirect chain: by name, or to the addresses a cross-origin
         redirect was checked against (pinned), tried in turn."""
         assert self._session is not None
         headers = CIMultiDict({"Accept-Encoding": "identity"})
         if hop.same_origin:
             headers.update(target.headers)
+        if extra:
+            headers.update(extra)
         if not hop.addresses:
             return await self._session.request(
                 method, hop.url, headers=headers, allow_redirects=False, timeout=timeout,

@@ -137,7 +137,7 @@ class UpstreamStats:
 
     __slots__ = ("name", "url", "settings", "latency", "in_flight", "requests", "failures",
                  "breaker", "recent", "recent_zip", "probed", "last_error", "last_error_at",
-                 "last_sample_at", "not_before")
+                 "last_sample_at", "not_before", "throughput")
 
     def __init__(self, name: str, url: str, settings: StatsSettings) -> None:
         self.name = name
@@ -155,6 +155,7 @@ class UpstreamStats:
         self.last_error_at: float | None = None
         self.last_sample_at: float | None = None
         self.not_before = 0.0        # monotonic time before which it asked not to be called (429)
+        self.throughput: float | None = None   # bytes/s of its recent zip bodies (EWMA)
 
     def begin(self) -> None:
         """A request to this upstream started (load for the latency plugin)."""
@@ -205,6 +206,14 @@ class UpstreamStats:
         """An attempt abandoned after `elapsed` (a hedge lost): at least that slow."""
         if elapsed > self.latency.value:
             self.latency.observe(elapsed, time.monotonic() if now is None else now)
+
+    def record_throughput(self, size: int, seconds: float) -> None:
+        """A zip body of `size` bytes arrived in `seconds`: blended into `throughput`, which
+        sets the stall interval of its next bodies before they show a rate of their own."""
+        if seconds <= 0:
+            return
+        rate = size / seconds
+        self.throughput = rate if self.throughput is None else 0.7 * self.throughput + 0.3 * rate
 
     def sit_out(self, until: float) -> None:
         """Honour a 429's Retry-After: not to be asked again before `until`."""

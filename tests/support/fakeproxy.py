@@ -4,7 +4,8 @@ The router's worth is in how it treats bad upstreams, so every fake can be
 told, at runtime, to fail in the ways real proxies do: a status for
 everything (429 with Retry-After), hanging after reading the request, slow
 headers, a body cut short after its Content-Length was promised, a reset
-(RST) mid-body, a bandwidth-throttled body, a corrupt body, or refusing
+(RST) mid-body, a bandwidth-throttled body, a body that stalls (silent, the
+connection kept open) with or without Range support, a corrupt body, or refusing
 requests without the right credentials -- for every matching request or
 only a seeded fraction of them. Every wait is bounded: a hung handler is
 released at stop() and in any case after ``max_hang`` seconds.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import random
 import re
 import socket
@@ -66,6 +68,15 @@ class Faults:
     (Content-Length follows), e.g. ``b"not json"`` for ``.info``.
     ``redirect``: answer ``redirect_status`` with this ``Location`` (``{path}`` in it
     becomes the request's raw path), e.g. a hostile upstream pointing at an internal URL.
+    ``stall``: on a GET without Range, send this share (0 < stall < 1) of the body after
+    the full Content-Length, then nothing, the connection kept open (until stop or
+    ``max_hang``): a stalled body.
+    ``ranges``: every 200 carries ``Accept-Ranges: bytes``, an ``ETag`` (of the body) and a
+    ``Last-Modified``, and a GET with ``Range: bytes=N-`` (and a matching ``If-Range``, or
+    none) gets a 206 with the rest; not subject to ``paths`` or ``fraction``.
+    ``range_etag``: with ``ranges``, 206 answers carry this ETag, If-Range ignored (a
+    careless server whose file changed); ``range_ignored``: Range requests get the whole
+    body in a 200.
     ``gzip_bomb``: answer a GET with 200, ``Content-Encoding: gzip`` and a body that
     inflates to this many zero bytes (a whole number of MiB; ~1 KiB sent per MiB),
     compressed as it is sent: a decompression bomb in bounded memory.
@@ -91,6 +102,10 @@ class Faults:
     redirect: str | None = None
     redirect_status: int = 302
     gzip_bomb: int = 0
+    stall: float = 0.0
+    ranges: bool = False
+    range_etag: str | None = None
+    range_ignored: bool = False
     fraction: float = 1.0
     seed: int = 0
 
@@ -99,6 +114,8 @@ class Faults:
             raise ValueError("fraction must be within [0, 1]")
         if self.throttle is not None and self.throttle <= 0:
             raise ValueError("throttle is a positive byte rate")
+        if not 0.0 <= self.stall < 1.0:
+            raise ValueError("stall is the share of the body sent, within [0, 1)")
 
     def applies_to(self, raw_path: str) -> bool:
         return self.paths is None or re.search(self.paths, raw_path) is not None
@@ -300,16 +317,21 @@ class FakeProxy:
         body = answer.body
         if active and answer.status == 200 and faults.corrupt is not None:
             body = faults.corrupt
+        ranged = faults.ranges and answer.status == 200
+        headers = {"Content-Type": answer.content_type, **(_validators(body) if ranged else {})}
         if active and answer.status == 200:
             get = request.method == "GET"
+            if faults.stall and get and "Range" not in request.headers:
+                return await self._stalled(request, body, headers, faults.stall)
             if faults.reset and get:
                 return await self._reset(request, body, answer.content_type, faults)
             if faults.truncate:
                 return await self._truncated(request, body, answer.content_type, faults.truncate)
             if faults.throttle is not None and get:
                 return await self._throttled(request, record, body, answer.content_type, faults)
-        return self._done(record, web.Response(status=answer.status, body=body,
-                                               headers={"Content-Type": answer.content_type}))
+        if ranged and request.method == "GET" and "Range" in request.headers:
+            return self._done(record, _partial(request, body, headers, faults))
+        return self._done(record, web.Response(status=answer.status, body=body, headers=headers))
 
     @staticmethod
     def _done(record: RequestRecord, response: web.StreamResponse) -> web.StreamResponse:
@@ -323,6 +345,15 @@ class FakeProxy:
         resp.content_length = len(body)
         await resp.prepare(request)
         await resp.write(body[:keep])
+        return _drop(request, resp)
+
+    async def _stalled(self, request: web.Request, body: bytes, headers: dict[str, str],
+                       share: float) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:int(len(body) * share)])
+        await self._wait_closing(self.max_hang)       # silent, the connection kept open
         return _drop(request, resp)
 
     async def _reset(self, request: web.Request, body: bytes, content_type: str,
@@ -390,6 +421,35 @@ def gzip_zeros(size: int) -> Iterator[bytes]:
         yield block
         crc = zlib.crc32(zeros, crc)
     yield b"\x03\x00" + struct.pack("<II", crc, size & 0xFFFFFFFF)  # final empty block
+
+
+_LAST_MODIFIED = "Mon, 02 Jan 2006 15:04:05 GMT"
+_RANGE = re.compile(r"^bytes=(\d+)-$")
+
+
+def _validators(body: bytes) -> dict[str, str]:
+    """What a Range-capable server sends with a 200: the unit and validators of the body."""
+    return {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.sha256(body).hexdigest()[:16]}"',
+            "Last-Modified": _LAST_MODIFIED}
+
+
+def _partial(request: web.Request, body: bytes, headers: dict[str, str],
+             faults: Faults) -> web.Response:
+    """The answer to a ``Range: bytes=N-`` GET: 206 with the rest, or the whole body in a
+    200 when If-Range names another version (or the fake ignores ranges)."""
+    found = _RANGE.match(request.headers["Range"].strip())
+    if_range = request.headers.get("If-Range")
+    etag = faults.range_etag
+    current = if_range in (None, headers["ETag"], headers["Last-Modified"]) or etag is not None
+    if faults.range_ignored or found is None or not current:
+        return web.Response(status=200, body=body, headers=headers)
+    start = int(found.group(1))
+    if start >= len(body):
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+    partial = {**headers, "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+    if etag is not None:
+        partial["ETag"] = etag
+    return web.Response(status=206, body=body[start:], headers=partial)
 
 
 def _cut(body: bytes, keep: bool | int) -> int:
