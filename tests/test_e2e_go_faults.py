@@ -8,10 +8,16 @@ plugins); it reads every module request and, for a seeded 30 % of them,
 never answers. ``healthy`` (priority 1) serves the same graph. The download
 must succeed, fetch exactly the build list byte for byte, and every hung
 request must have been given up by the router (its connection closed).
+
+The second test is the cold edge of a deploy: a fresh process, an empty
+cache, no latency history, production timeouts (30 s for headers), and the
+hangs hitting zips too. Hedging from priors must spare the go command every
+one of them: no attempt waits out its headers timeout.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,3 +99,48 @@ def test_go_mod_download_while_the_best_upstream_hangs_on_30_percent(
     # The router gave up on every hung request: no connection left hanging.
     assert _wait(lambda: all(rec.disconnected for rec in flaky.requests if rec.faulted), 10.0), \
         [rec.raw_path for rec in flaky.requests if rec.faulted and not rec.disconnected]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+def test_a_cold_edge_hedges_past_a_hang_on_30_percent_including_zips(
+        tmp_path: Path, go_env: GoEnv, threaded_fake_proxy: Callable[..., ThreadedFakeProxy],
+        router_process: Callable[..., RouterProcess]) -> None:
+    dag = random_dag(26, 4, seed=SEED + 1, prefix="example.com/cold")
+    fast = threaded_fake_proxy(dag.tree, name="fast", faults=Faults(
+        hang=True, fraction=HANG_FRACTION, seed=SEED, paths=MODULE_REQUEST))
+    mid = threaded_fake_proxy(dag.tree, name="mid")
+    far = threaded_fake_proxy(dag.tree, name="far")
+
+    router = router_process({          # default timeouts, hedge and probe settings: a fresh edge
+        "upstreams": {
+            "fast": {"url": fast.url, "priority": 0},
+            "mid": {"url": mid.url, "priority": 1},
+            "far": {"url": far.url, "priority": 2},
+        },
+        "routes": [{"name": "public", "match": ["*"], "upstreams": ["fast", "mid", "far"]}],
+    })
+    main = write_main_module(tmp_path / "main", "example.com/main", dag.roots)
+
+    r = go_env.run("mod", "download", "-x", cwd=main, goproxy=router.url, timeout=200)
+    assert r.returncode == 0, f"{r.stderr[-4000:]}\n--- router stderr:\n{router.stderr()[-4000:]}"
+    assert go_env.downloaded("zip") == download_cache_paths(dag.expected_zips, "zip")
+    for path, version in dag.expected_zips:
+        rel = f"{case_escape(path)}/@v/{case_escape(version)}.zip"
+        assert (go_env.download_dir / rel).read_bytes() == dag.tree[(path, version)].zip, rel
+
+    hung = [rec.raw_path for rec in fast.requests if rec.faulted]
+    assert any(path.endswith(".zip") for path in hung), hung       # zips were hung too
+    assert any(not path.endswith(".zip") for path in hung), hung
+    lines = [json.loads(line) for line in router.stderr().splitlines() if line.startswith("{")]
+    hedges = [line for line in lines if line.get("event") == "hedge sent"]
+    # Every hung request was hedged, zips included, each hedge saying what set its delay ...
+    assert len(hedges) >= len(hung), (len(hedges), hung)
+    assert {h["kind"] for h in hedges} >= {"zip"}
+    assert all(h["delay_source"] in ("own", "route", "probe", "cold") and h["delay"] > 0
+               for h in hedges), hedges
+    assert all(h["upstream"] == "fast" for h in hedges), hedges
+    # ... so no attempt waited out the 30 s headers timeout, and the router let go of each.
+    attempts = [line for line in lines if line.get("event") == "upstream attempt failed"]
+    assert not [a for a in attempts if a.get("outcome") == "timeout"], attempts
+    assert _wait(lambda: all(rec.disconnected for rec in fast.requests if rec.faulted), 10.0)
