@@ -3,7 +3,7 @@
 Not a benchmark itself. The benchmark scripts import it (``bench/`` is on
 ``sys.path`` when one of them runs) and start, through it:
 
-- the router as a subprocess of the real CLI (``python -m router.cli serve``),
+- the router as a subprocess of the real CLI (``python -m goproxy_router serve``),
   on uvloop as in production, with its JSON log on stderr sent to
   ``/dev/null`` or to a file, as the caller says;
 - a fleet of ``tests.support.fakeproxy.FakeProxy`` upstreams with a base
@@ -262,12 +262,13 @@ class LocalServer:
 
 
 class RouterProcess(LocalServer):
-    """`python -m router.cli serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
+    """`python -m goproxy_router serve --config F --listen 127.0.0.1:P` (uvloop, as in production).
 
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
     `cpu`: pin the router with taskset (e.g. "0"). `log_level`: the CLI's global
     --log-level ("warning" drops the per-request access log line). `repo`: run the
-    router code of another checkout (default: this one).
+    router code of another checkout (default: this one); only a checkout from before
+    issue 12 (with router/cli.py) runs its own code, a later one runs the installed package.
     """
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, stderr: str = "devnull",
@@ -285,7 +286,10 @@ class RouterProcess(LocalServer):
 
     def start(self) -> RouterProcess:
         level = ["--log-level", self.log_level] if self.log_level else []
-        cmd = [PYTHON, "-m", "router.cli", *level, "serve", "--config", str(self.config_path),
+        # Trees before issue 12 have router/cli.py; since then the CLI is `python -m
+        # goproxy_router`, which runs the installed (this checkout's editable) package.
+        entry = "router.cli" if (self.repo / "router" / "cli.py").is_file() else "goproxy_router"
+        cmd = [PYTHON, "-m", entry, *level, "serve", "--config", str(self.config_path),
                "--listen", f"127.0.0.1:{self.port}", "--shutdown-timeout", "2"]
         if self.cpu is not None:
             cmd = ["taskset", "-c", self.cpu, *cmd]
@@ -323,12 +327,16 @@ class RouterProcess(LocalServer):
 
 @dataclass
 class FakeSpec:
-    """One fake upstream: a base latency before every answer, and module versions to serve."""
+    """One fake upstream: a base latency before every answer, and module versions to serve
+    (`versions` of `module`, or a whole `tree`: a tests.support ModuleTree). A hung
+    request is released (its connection closed) after `max_hang` seconds."""
 
     name: str
     base_delay: float = 0.0
     module: str = "example.com/bench/m"
     versions: list[str] = field(default_factory=list)
+    tree: Any = None
+    max_hang: float = 30.0
 
 
 def _fleet_main(conn: Any, specs: list[FakeSpec]) -> None:
@@ -353,8 +361,10 @@ def _fleet_main(conn: Any, specs: list[FakeSpec]) -> None:
     async def main() -> None:
         fakes: dict[str, DelayedFake] = {}
         for spec in specs:
-            tree = ModuleTree(Module(spec.module, v) for v in spec.versions)
-            fake = DelayedFake(tree, name=spec.name, base_delay=spec.base_delay, max_hang=30.0)
+            tree = (spec.tree if spec.tree is not None
+                    else ModuleTree(Module(spec.module, v) for v in spec.versions))
+            fake = DelayedFake(tree, name=spec.name, base_delay=spec.base_delay,
+                               max_hang=spec.max_hang)
             await fake.start()
             fakes[spec.name] = fake
         conn.send({name: fake.url for name, fake in fakes.items()})
