@@ -207,7 +207,8 @@ class Outcome:
     upstream: dict[str, dict[str, int]] = field(default_factory=dict)
     hedges: float = 0.0                  # goproxy_hedges_total during the measured download
     retries: float = 0.0
-    hedge_events: int = 0                # log lines about a hedge
+    hedge_events: int = 0                # log lines whose event is about a hedge
+    hedge_marked: int = 0                # other log lines with a truthy hedge* field
     hedge_sources: dict[str, int] = field(default_factory=dict)
     hedge_fields: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)   # attempt log lines by outcome
@@ -230,8 +231,11 @@ class Outcome:
 
 
 def read_log(path: Path, offset: int, outcome: Outcome) -> None:
-    """Hedge events and attempt outcomes from the router's JSON lines after `offset`."""
+    """Hedge events and attempt outcomes from the router's JSON lines after `offset`.
+    The delay's source is counted from the hedge events, or else from the other lines
+    that mark a hedge (whatever names the hedging code gives them: fields are kept)."""
     sources: Counter[str] = Counter()
+    marked_sources: Counter[str] = Counter()
     fields: set[str] = set()
     outcomes: Counter[str] = Counter()
     with open(path, "rb") as f:
@@ -247,14 +251,19 @@ def read_log(path: Path, offset: int, outcome: Outcome) -> None:
         event = str(entry.get("event", ""))
         if "attempt" in event and "outcome" in entry:
             outcomes[str(entry["outcome"])] += 1
-        if "hedge" not in event.lower():
+        if "hedge" in event.lower():
+            outcome.hedge_events += 1
+            tally = sources
+        elif any("hedge" in k.lower() and entry[k] not in (None, False, 0, "") for k in entry):
+            outcome.hedge_marked += 1          # another line (an attempt's, the access log's)
+            tally = marked_sources
+        else:
             continue
-        outcome.hedge_events += 1
         fields.update(entry)
         source = next((entry[k] for k in entry if "source" in k.lower()), None)
         if source is not None:
-            sources[str(source)] += 1
-    outcome.hedge_sources = dict(sources)
+            tally[str(source)] += 1
+    outcome.hedge_sources = dict(sources or marked_sources)
     outcome.hedge_fields = sorted(fields)
     outcome.outcomes = dict(outcomes)
 
@@ -328,7 +337,9 @@ def summarize(results: list[Outcome]) -> tuple[list[list[str]], list[dict[str, A
         for o in runs:
             sources.update(o.hedge_sources)
         events = sum(o.hedge_events for o in runs)
-        by_source = ", ".join(f"{k} {v}" for k, v in sorted(sources.items())) or str(events)
+        marked = sum(o.hedge_marked for o in runs)
+        by_source = (", ".join(f"{k} {v}" for k, v in sorted(sources.items()))
+                     or f"{events} (+{marked} marked lines)")
         ends: Counter[str] = Counter()
         for o in runs:
             ends.update({k: v for k, v in o.outcomes.items() if k in ("cancelled", "timeout")})
@@ -349,6 +360,7 @@ def summarize(results: list[Outcome]) -> tuple[list[list[str]], list[dict[str, A
                           "extra_load_max_pct": max(extras) if extras else None,
                           "extra_beyond_hung_max_pct": max(beyond) if beyond else None,
                           "hedges_by_source": dict(sources), "hedge_events": events,
+                          "hedge_marked_lines": marked,
                           "met": ok and not errors})
     return rows, goals
 
@@ -409,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(o)
             print(f"run {run + 1} {scenario:8} {o.wall:7.2f} s  upstream requests {o.requests:4d}"
                   f" ({o.split}, hung {o.hung})  hedges {o.hedges:.0f}  log hedge events {o.hedge_events}"
-                  f" {o.hedge_sources or ''}  {o.error}", flush=True)
+                  f" (+{o.hedge_marked} marked) {o.hedge_sources or ''}  {o.error}", flush=True)
     rows, goals = summarize(results)
     print()
     print_table(HEADERS, rows)
