@@ -62,9 +62,9 @@ hung) / no-fault - 1: what the router sent besides one replacement per hung
 request; with 30 % of the first-ranked upstream's requests hung, the extra
 load as defined cannot go below ~30 % x its share of first attempts while
 it stays ranked first, since every hung request needs another); hedges from
-the router's metrics (goproxy_hedges_total) and
-from its log: JSON lines whose event mentions a hedge, counted by the field
-naming the delay's source when there is one (any field named *source*),
+the router's metrics (goproxy_hedges_total) and from its log: JSON lines
+whose event mentions a hedge (else lines with a truthy hedge* field), by the
+field naming the delay's source when there is one (any field named *source*),
 else just counted; and attempts that ended cancelled or timed out.
 """
 
