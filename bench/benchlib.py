@@ -280,7 +280,8 @@ class RouterProcess(LocalServer):
     `stderr` (the per-request JSON log): "devnull", or "file" (``<workdir>/router.log``).
     `cpu`: pin the router with taskset (e.g. "0"). `log_level`: the CLI's global
     --log-level ("warning" drops the per-request access log line). `repo`: run the
-    router code of another checkout (default: this one).
+    router code of another checkout (default: this one); only a checkout from before
+    issue 12 (with router/cli.py) runs its own code, a later one runs the installed package.
     """
 
     def __init__(self, config: dict[str, Any], workdir: Path, *, stderr: str = "devnull",
@@ -336,12 +337,16 @@ class RouterProcess(LocalServer):
 
 @dataclass
 class FakeSpec:
-    """One fake upstream: a base latency before every answer, and module versions to serve."""
+    """One fake upstream: a base latency before every answer, and module versions to serve
+    (`versions` of `module`, or a whole `tree`: a tests.support ModuleTree). A hung
+    request is released (its connection closed) after `max_hang` seconds."""
 
     name: str
     base_delay: float = 0.0
     module: str = "example.com/bench/m"
     versions: list[str] = field(default_factory=list)
+    tree: Any = None
+    max_hang: float = 30.0
 
 
 def _fleet_main(conn: Any, specs: list[FakeSpec]) -> None:
@@ -366,8 +371,10 @@ def _fleet_main(conn: Any, specs: list[FakeSpec]) -> None:
     async def main() -> None:
         fakes: dict[str, DelayedFake] = {}
         for spec in specs:
-            tree = ModuleTree(Module(spec.module, v) for v in spec.versions)
-            fake = DelayedFake(tree, name=spec.name, base_delay=spec.base_delay, max_hang=30.0)
+            tree = (spec.tree if spec.tree is not None
+                    else ModuleTree(Module(spec.module, v) for v in spec.versions))
+            fake = DelayedFake(tree, name=spec.name, base_delay=spec.base_delay,
+                               max_hang=spec.max_hang)
             await fake.start()
             fakes[spec.name] = fake
         conn.send({name: fake.url for name, fake in fakes.items()})

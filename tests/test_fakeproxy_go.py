@@ -42,6 +42,7 @@ from tests.support import (
     Module,
     ModuleTree,
     ThreadedFakeProxy,
+    add_ballast,
     case_escape,
     download_cache_paths,
     mvs,
@@ -158,6 +159,19 @@ def test_random_dag_has_requested_shape() -> None:
     dag = random_dag(20, 5, seed=3)
     assert len(dag.layers) == 5 and all(dag.layers)
     assert {p for p, _ in dag.expected_zips} == set(dag.tree.paths())
+
+
+def test_add_ballast_makes_one_zip_big_and_keeps_the_rest() -> None:
+    dag = random_dag(6, 2, seed=3)
+    key = sorted(dag.expected_zips)[0]
+    module = dag.tree[key]
+    small, mod, info = module.zip, module.mod, module.info
+    assert add_ballast(module, 1 << 20, seed=7) is module
+    assert len(module.zip) > 1 << 20 > len(small)
+    assert (module.mod, module.info) == (mod, info)
+    assert dag.tree.respond(f"/{key[0]}/@v/{key[1]}.zip").body == module.zip
+    twin = random_dag(6, 2, seed=3).tree[key]
+    assert add_ballast(twin, 1 << 20, seed=7).zip == module.zip       # deterministic
 
 
 async def test_fake_proxy_faults(fake_proxy: MakeFake) -> None:

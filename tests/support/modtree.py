@@ -447,6 +447,19 @@ def random_dag(n: int, depth: int, seed: int, *, prefix: str = "example.com/dag"
     return Dag(tree=tree, roots=roots, layers=layers)
 
 
+def add_ballast(module: Module, size: int, *, seed: int = 0,
+                name: str = "testdata/ballast.bin") -> Module:
+    """Make ``module``'s zip larger than ``size`` bytes: add a file of ``size`` seeded,
+    incompressible bytes (deflate cannot shrink it). For benchmarks that need one big
+    zip in an otherwise small graph; the module is changed in place (so a tree holding
+    it serves the big zip) and returned. Its go.mod, .info and package are unchanged."""
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    module.files[name] = random.Random(f"ballast:{seed}").randbytes(size)
+    module._zip = None                     # rebuilt with the new file on next use
+    return module
+
+
 def main_module_files(path: str, requires: Sequence[Requirement], go: str = "1.16") -> dict[str, bytes]:
     """go.mod and a main.go that imports every requirement's root package."""
     imports, aliases = _import_block(requires)
