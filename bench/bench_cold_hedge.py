@@ -146,7 +146,8 @@ def router_config(urls: dict[str, str], cache_dir: Path, args: argparse.Namespac
 
     shipped = yaml.safe_load((REPO / "routes.yaml").read_text()) or {}
     conf: dict[str, Any] = {
-        "upstreams": {name: {"url": urls[name], "priority": prio} for name, _, prio in UPSTREAMS},
+        "upstreams": {name: {"url": urls[name], **({"priority": prio} if args.ranking == "priority" else {})}
+                      for name, _, prio in UPSTREAMS},
         "routes": [{"name": "public", "match": ["*"],
                     "upstreams": [name for name, _, _ in UPSTREAMS]}],
         "cache": {"dir": str(cache_dir)},
@@ -156,6 +157,9 @@ def router_config(urls: dict[str, str], cache_dir: Path, args: argparse.Namespac
         conf["timeouts"] = {**conf.get("timeouts", {}), "headers": args.headers_timeout}
     if args.scoring == "fixed":
         conf["scoring"] = {"plugins": ["weights"]}
+    for setting in args.hedge:
+        key, _, value = setting.partition("=")
+        conf.setdefault("hedge", {})[key] = yaml.safe_load(value)
     return conf
 
 
@@ -385,6 +389,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--graph-seed", type=int, default=13)
     parser.add_argument("--headers-timeout", type=float,
                         help="override the shipped timeouts.headers (s), e.g. to bound a smoke run")
+    parser.add_argument("--ranking", choices=["priority", "latency"], default="priority",
+                        help="priority: fast/mid/slow are priority 0/1/2, fast stays first "
+                             "(default); latency: no priorities, the scoring plugins rank on "
+                             "what they measure (fast is first while it is fastest)")
+    parser.add_argument("--hedge", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hedge setting, e.g. --hedge zip_min_delay=0.05")
     parser.add_argument("--scoring", choices=["shipped", "fixed"], default="shipped",
                         help="shipped: routes.yaml's (default) plugins; fixed: priority alone")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))

@@ -711,22 +711,23 @@ async def test_without_hedging_a_stall_costs_the_headers_timeout(
     assert len(b.requests) == 1
 
 
-async def test_zip_is_not_hedged_at_small_kinds_p95(edge: MakeEdge, fake_proxy: MakeFake,
-                                                    tmp_path: Path) -> None:
-    """Zips hedge by default, but on their own delay: no zip samples yet, so the zip cold
-    delay (2 s), past this 1 s headers timeout (tests/test_hedge_priors.py hedges one)."""
+async def test_a_zip_with_no_zip_samples_hedges_later_than_small_kinds(
+        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
+    """Zips hedge by default on a delay of their own: with no zip measured yet, the small
+    kinds' delay times zip_factor, floored at zip_min_delay (here 0.4 s), so a hung zip
+    is hedged, but later than a hung .info (tests/test_hedge_priors.py: the cold default)."""
     a = await fake_proxy(TREE, name="a")
     b = await fake_proxy(TREE, name="b")
-    cfg = _hedge_config(a, b, tmp_path, headers=1.0)
-    del cfg["hedge"]                                   # the defaults
-    client = await edge(cfg)
+    client = await edge(_hedge_config(a, b, tmp_path, headers=2.0, zip_min_delay=0.4))
     await _warm_up(client, a)
     a.set_faults(hang=True, paths=r"\.zip$")
     got = await fetch(client, PATHS["zip"])
     assert got.status == 200 and got.body == GOOD["zip"]
-    assert got.elapsed >= 0.95, "a zip was hedged at the small kinds' p95"
-    got = await fetch(client, PATHS["info"])          # while .info is, by default
-    assert got.status == 200 and got.elapsed < 0.6
+    assert got.headers["X-Goproxy-Upstream"] == "b"
+    assert 0.38 <= got.elapsed < 1.9, got.elapsed      # at zip_min_delay, before headers
+    a.set_faults(hang=True, paths=r"\.info$")
+    got = await fetch(client, PATHS["info"])          # .info at the small kinds' p95 (~ms)
+    assert got.status == 200 and got.elapsed < 0.3, got.elapsed
 
 
 async def test_no_hedge_before_the_cold_delay(edge: MakeEdge, fake_proxy: MakeFake,

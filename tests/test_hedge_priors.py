@@ -112,7 +112,8 @@ async def test_the_startup_probe_round_sets_the_first_hedge_delays(
         edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     """One probe round before serving: the first request already hedges at a's probed
-    latency (floored at min_delay), not at the cold delay; explain says so."""
+    latency times probe_factor (floored at min_delay), not at the cold delay, and a zip
+    at twice that (zip_factor, floored at zip_min_delay); explain says so."""
     caplog.set_level(logging.INFO, logger="router.forward")
     a = await fake_proxy(TREE, name="a")
     b = await fake_proxy(TREE, name="b")
@@ -121,14 +122,16 @@ async def test_the_startup_probe_round_sets_the_first_hedge_delays(
     assert [r.raw_path for r in a.requests] == ["/"], "no probe round at start-up"
     async with client.get("/_router/explain", params={"module": "example.com/lib"}) as resp:
         report = await resp.json()
-    assert report["hedge"]["a"]["small"] == {"seconds": 0.05, "source": "probe"}
-    assert report["hedge"]["a"]["zip"] == {"seconds": 2.0, "source": "cold"}
+    small = report["hedge"]["a"]["small"]
+    assert small["source"] == "probe" and 0.05 <= small["seconds"] < 0.3   # 3 x a loopback probe
+    zip_delay = report["hedge"]["a"]["zip"]            # 2 x the unfloored probe delay, floored
+    assert zip_delay["source"] == "probe" and 0.05 <= zip_delay["seconds"] <= 2 * small["seconds"]
     a.set_faults(hang=True)
     got = await fetch(client, PATHS["mod"])
     assert got.status == 200 and got.headers["X-Goproxy-Upstream"] == "b"
     assert got.elapsed < 0.5, got.elapsed
     [line] = _hedge_lines(caplog, got.headers["X-Request-Id"])
-    assert (line["delay"], line["delay_source"]) == (0.05, "probe")
+    assert (line["delay"], line["delay_source"]) == (round(small["seconds"], 4), "probe")
 
 
 async def test_a_hung_startup_probe_holds_serving_up_only_for_startup_wait(

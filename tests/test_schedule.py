@@ -342,37 +342,45 @@ def test_with_route_samples_only_the_others_pooled_set_the_delay() -> None:
 
 def test_with_probe_samples_the_running_upstreams_probes_set_the_delay() -> None:
     clock = FakeTime()
-    schedule, stats = _schedule(clock, hedge=Hedge(probe_samples=3))
+    schedule, stats = _schedule(clock, hedge=Hedge(probe_samples=3, probe_factor=2))
     _probe(stats["a"], 0.08, 0.09)
     assert _delay(schedule) == HedgeDelay(1.0, "cold")          # two probes: not yet
     _probe(stats["a"], 0.25)
-    assert _delay(schedule) == HedgeDelay(0.25, "probe")
+    assert _delay(schedule) == HedgeDelay(0.5, "probe")         # p95 of three, times 2
     assert len(stats["a"].recent) == 0                         # kept apart from traffic
     _probe(stats["b"], 5.0, 5.0, 5.0)                          # another's probes: not a's
-    assert _delay(schedule) == HedgeDelay(0.25, "probe")
-    _warm(stats["b"], 0.15)
-    assert _delay(schedule) == HedgeDelay(0.15, "route")        # traffic before probes
+    assert _delay(schedule) == HedgeDelay(0.5, "probe")
+    _warm(stats["b"], 0.15)                                    # a faster neighbour's traffic
+    assert _delay(schedule) == HedgeDelay(0.5, "probe")         # does not undercut a's probes
+    _warm(stats["c"], 0.9)                                     # a slower route: its p95 wins
+    assert _delay(schedule) == HedgeDelay(0.9, "route")
     _warm(stats["a"], 0.11)
-    assert _delay(schedule) == HedgeDelay(0.11, "own")
+    assert _delay(schedule) == HedgeDelay(0.11, "own")          # its own, once it has enough
+    schedule, stats = _schedule(clock)
+    _probe(stats["a"], 0.02)                                   # the start-up round's one probe
+    assert _delay(schedule) == HedgeDelay(0.06, "probe")        # defaults: 1 probe, times 3
 
 
 def test_zips_hedge_by_default_on_their_own_samples_with_their_own_floor_and_cold_delay() -> None:
     clock = FakeTime()
-    hedge = Hedge(min_samples=20, zip_min_delay=0.5, zip_cold_delay=2.0)
+    hedge = Hedge(min_samples=20, zip_min_delay=0.5, zip_cold_delay=2.0, zip_factor=2)
     schedule, stats = _schedule(clock, kind="zip", hedge=hedge)
     assert Hedge().kinds == ("list", "info", "mod", "latest", "zip")   # on by default
-    _warm(stats["a"], 0.1)                                     # small kinds' samples ...
-    _warm(stats["b"], 0.1)
-    _probe(stats["a"], 0.1, 0.1, 0.1)                          # ... and probes say nothing of zips
-    assert _delay(schedule) == HedgeDelay(2.0, "cold")
+    assert _delay(schedule) == HedgeDelay(2.0, "cold")          # nothing measured at all
     assert schedule.hedge_at() == START + 2.0
+    _probe(stats["a"], 0.125)                                  # no zip measured: the small
+    assert _delay(schedule) == HedgeDelay(0.75, "probe")        # kinds' delay x zip_factor
+    _warm(stats["b"], 0.1)                                     # route 0.2 < probe 0.75: the larger
+    assert _delay(schedule) == HedgeDelay(0.75, "probe")
+    _warm(stats["a"], 0.4)
+    assert _delay(schedule) == HedgeDelay(0.8, "own")
     for _ in range(20):
         stats["b"].record_latency(0.9, now=START, source="zip")
     assert _delay(schedule) == HedgeDelay(0.9, "route")
     for _ in range(20):
         stats["a"].record_latency(1.2, now=START, source="zip")
     assert _delay(schedule) == HedgeDelay(1.2, "own")
-    assert stats["a"].percentile(0.95) == 0.1                  # small kinds' p95 untouched
+    assert stats["a"].percentile(0.95) == 0.4                  # small kinds' p95 untouched
     schedule, stats = _schedule(clock, kind="zip", hedge=hedge)
     for _ in range(20):
         stats["a"].record_latency(0.02, now=START, source="zip")

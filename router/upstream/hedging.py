@@ -7,13 +7,17 @@ which a request not yet answered is hedged comes from, in order:
 - "own":   the running upstream's own recent traffic (>= `hedge.min_samples`);
 - "route": the route's other upstreams' recent traffic, pooled (as many);
 - "probe": the running upstream's active-probe measurements (>= `hedge.probe_samples`;
-           small kinds only: a probe is a small request, never a zip);
+           one round is taken at start-up) times `hedge.probe_factor`: a probe is the
+           cheapest request there is, a real one takes longer;
+           with both a route and a probe delay, the larger one wins;
 - "cold":  the configured `hedge.cold_delay` (`hedge.zip_cold_delay` for a zip),
 
 at `hedge.percentile`, never sooner than `hedge.min_delay` (`hedge.zip_min_delay`).
 Zips are measured apart from small kinds: an upstream may fetch a zip from the
-origin on a miss, so its time to headers is its own. Pure: it reads stats and
-config, sends nothing; the schedule (router/forwarding/schedule.py) and explain use it.
+origin on a miss, so its time to headers is its own. Until zips are measured
+(own or route), a zip's delay is the small kinds' times `hedge.zip_factor`.
+Pure: it reads stats and config, sends nothing; the schedule
+(router/forwarding/schedule.py) and explain use it.
 """
 
 from __future__ import annotations
@@ -40,9 +44,13 @@ class HedgeDelay:
 def hedge_delay(hedge: Hedge, running: UpstreamStats, others: Iterable[UpstreamStats],
                 *, for_zip: bool = False) -> HedgeDelay:
     """The hedge delay of an attempt to `running`; `others`: the route's other upstreams."""
-    window: Literal["traffic", "zip"] = "zip" if for_zip else "traffic"
+    others = list(others)
     floor = hedge.zip_min_delay if for_zip else hedge.min_delay
-    found = _measured(hedge, running, others, window)
+    found = _measured(hedge, running, others, "zip") if for_zip else None
+    if found is None:
+        found = _measured(hedge, running, others, "traffic")
+        if found is not None and for_zip:
+            found = (found[0] * hedge.zip_factor, found[1])
     if found is None:
         return HedgeDelay(max(hedge.zip_cold_delay if for_zip else hedge.cold_delay, floor), "cold")
     seconds, source = found
@@ -55,14 +63,17 @@ def _measured(hedge: Hedge, running: UpstreamStats, others: Iterable[UpstreamSta
     if own is not None:
         return own, "own"
     pooled = chain.from_iterable(s.samples(window) for s in others if s is not running)
+    priors: list[tuple[float, DelaySource]] = []
     route = percentile_of(pooled, hedge.percentile, hedge.min_samples)
     if route is not None:
-        return route, "route"
+        priors.append((route, "route"))
     if window == "traffic":
         probe = running.percentile(hedge.percentile, hedge.probe_samples, "probe")
         if probe is not None:
-            return probe, "probe"
-    return None
+            priors.append((probe * hedge.probe_factor, "probe"))
+    # Both known: the larger. Faster neighbours must not make a slower upstream's
+    # every answer look late (a hedge on each request), nor a lucky probe a slow route's.
+    return max(priors) if priors else None
 
 
 def explain_delays(hedge: Hedge, upstreams: Sequence[UpstreamStats]) -> dict[str, Any]:
