@@ -24,8 +24,7 @@ ONE_RUN = r'''
 import asyncio, sys, tempfile, time, yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
-from goproxy_router.runtime.app import build_app
-from goproxy_router.config.schema import parse_config
+{imports}
 from tests.support import FakeProxy, Module, ModuleTree
 
 async def main(requests: int) -> None:
@@ -53,11 +52,18 @@ async def main(requests: int) -> None:
 
 asyncio.run(main(int(sys.argv[1])))
 '''
+# The app and config loader of today's layout, and of a checkout from before the
+# package was named goproxy_router (a --baseline of that age).
+IMPORTS = ("from goproxy_router.runtime.app import build_app\n"
+           "from goproxy_router.config.loader import parse_config")
+IMPORTS_BEFORE_RENAME = "from router.app import build_app\nfrom router.config import parse_config"
 
 
 def one_run(tree: Path, requests: int) -> float:
     """Requests per second of one run in a fresh process rooted at `tree`."""
-    result = subprocess.run([sys.executable, "-c", ONE_RUN, str(requests)], cwd=tree,
+    old = (tree / "router" / "cli.py").is_file()
+    script = ONE_RUN.replace("{imports}", IMPORTS_BEFORE_RENAME if old else IMPORTS)
+    result = subprocess.run([sys.executable, "-c", script, str(requests)], cwd=tree,
                             capture_output=True, text=True, timeout=600,
                             env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
     if result.returncode != 0:
