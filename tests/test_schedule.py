@@ -337,7 +337,7 @@ def test_with_route_samples_only_the_others_pooled_set_the_delay() -> None:
     assert _delay(schedule) == HedgeDelay(0.12, "own")          # its own, once it has enough
     schedule, stats = _schedule(clock, hedge=Hedge(min_samples=20))
     _warm(stats["b"], 0.001)
-    assert _delay(schedule) == HedgeDelay(0.05, "route")        # floored at min_delay
+    assert _delay(schedule) == HedgeDelay(0.025, "route")       # floored at min_delay (25 ms)
 
 
 def test_with_probe_samples_the_running_upstreams_probes_set_the_delay() -> None:

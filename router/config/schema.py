@@ -164,12 +164,12 @@ class Hedge(_Strict):
     enabled: bool = True
     kinds: tuple[RequestKindName, ...] = ("list", "info", "mod", "latest", "zip")
     percentile: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    min_delay: Annotated[float, Field(ge=0)] = 0.05    # seconds: never hedge sooner
+    min_delay: Annotated[float, Field(ge=0)] = 0.025   # seconds: never hedge sooner
     min_samples: Annotated[int, Field(ge=1)] = 20      # of the upstream's recent latencies
     probe_samples: Annotated[int, Field(ge=1)] = 1     # probe measurements that set a delay ...
     probe_factor: Annotated[float, Field(ge=1)] = 3.0  # ... times this: a probe is the cheapest request
     cold_delay: Annotated[float, Field(ge=0)] = 1.0    # seconds: with nothing measured yet
-    zip_min_delay: Annotated[float, Field(ge=0)] = 0.05    # a zip's floor, ...
+    zip_min_delay: Annotated[float, Field(ge=0)] = 0.025   # a zip's floor, ...
     zip_factor: Annotated[float, Field(ge=1)] = 2.0        # ... small kinds' delay times this
                                                            # until zips are measured, ...
     zip_cold_delay: Annotated[float, Field(ge=0)] = 2.0    # ... and with nothing measured at all
