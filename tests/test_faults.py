@@ -620,6 +620,30 @@ async def test_retry_budget_bounds_failover_load(edge: MakeEdge, fake_proxy: Mak
             assert g.body == m.info and g.headers["X-Goproxy-Upstream"] == "b"
 
 
+async def test_a_reload_gives_the_shared_budget_its_new_terms(
+        edge: MakeEdge, fake_proxy: MakeFake, tmp_path: Path) -> None:
+    """The budget outlives reloads (its window keeps counting), but takes the new top-level
+    ratio and floor, and its refusal note quotes the terms it enforced."""
+    import yaml
+
+    from goproxy_router.config.loader import parse_config
+    from goproxy_router.serving.edge import EDGE
+
+    a = await fake_proxy(TREE, name="a", faults=Faults(status=503))
+    b = await fake_proxy(TREE, name="b")
+    cfg = config([("a", a.url), ("b", b.url)], tmp_path, retry=BUDGET, scoring=NO_EJECTION)
+    client = await edge(cfg)
+    edge_state = client.server.app[EDGE]
+    budget = edge_state.budget
+    assert (budget.ratio, budget.floor) == (0.2, 1.0)
+    cfg["retry"] = {**BUDGET, "budget_ratio": 0.0, "budget_floor": 0.0}
+    await edge_state.reload(parse_config(yaml.safe_dump(cfg), "routes.yaml", {}))
+    assert edge_state.budget is budget and (budget.ratio, budget.floor) == (0.0, 0.0)
+    got = await fetch(client, f"/example.com/warm/@v/{WARM[0].version}.info")
+    assert got.status == 502 and len(b.requests) == 0           # no retry allowed any more
+    assert "at most 0% of requests + 0/s may be retried" in got.text, got.text
+
+
 async def test_global_outage_does_not_multiply_load(edge: MakeEdge, fake_proxy: MakeFake,
                                                     tmp_path: Path) -> None:
     a = await fake_proxy(TREE, name="a", faults=Faults(status=503))

@@ -295,8 +295,9 @@ async def test_budget_exhaustion_stops_retries_and_hedges() -> None:
     clock.now = START + 0.1
     assert schedule.hedge() is None                        # due, but the budget refuses
     assert schedule.hedge_at() is None                     # and no second chance
-    # The words come from the route's retry settings (the defaults here).
-    assert notes == [f"retry budget exhausted: no {what} (at most 20% of requests + 10/s "
+    # The words are the shared budget's own terms (here 100 % of 1 request, no floor),
+    # not the route's retry settings (the defaults: 20 % + 10/s).
+    assert notes == [f"retry budget exhausted: no {what} (at most 100% of requests + 0/s "
                      "may be retried or hedged)" for what in ("retry", "hedge")]
     assert budget.refused == 2
 

@@ -34,6 +34,11 @@ class RetryBudget:
         self.spent = 0          # totals, for metrics
         self.refused = 0
 
+    def configure(self, ratio: float, floor: float, window: float) -> None:
+        """New terms from a reloaded routes.yaml; what was recorded and spent stays."""
+        self.ratio, self.floor, self.window = ratio, floor, window
+        self._tokens = min(self._tokens, floor)
+
     def _trim(self, now: float) -> None:
         horizon = now - self.window
         for stamps in (self._requests, self._spent):

@@ -181,9 +181,10 @@ class AttemptSchedule:
         """Take one retry or hedge from the shared budget; noted when refused."""
         if self.budget.try_spend(self._clock()):
             return True
+        # The shared budget's own terms: the top-level retry settings, as last loaded.
         self.notes.append(f"retry budget exhausted: no {what} (at most "
-                          f"{self.retry.budget_ratio:.0%} of requests + "
-                          f"{self.retry.budget_floor:g}/s may be retried or hedged)")
+                          f"{self.budget.ratio:.0%} of requests + "
+                          f"{self.budget.floor:g}/s may be retried or hedged)")
         return False
 
     async def back_off(self) -> bool:

@@ -221,6 +221,8 @@ class Edge:
             self.metrics.record_reload("error")
             raise
         old, self.state, self.admin = self.state, new, admin
+        retry = config.retry           # the shared budget keeps its history, takes the new terms
+        self.budget.configure(retry.budget_ratio, retry.budget_floor, retry.budget_window)
         self.hits.clear()              # the new routes may send the same paths elsewhere
         for ignored in ("cache", "listen", "pool"):
             if getattr(old.config, ignored) != getattr(config, ignored):
