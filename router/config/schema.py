@@ -325,6 +325,9 @@ class Cache(_Strict):
     metadata_ttl: Annotated[float, Field(ge=0)] = 60.0      # list, @latest, non-canonical .info
     negative_ttl: Annotated[float, Field(ge=0)] = 10.0      # remembered 404/410 answers
     stale_max_age: Annotated[float, Field(ge=0)] = 86400.0  # served when every upstream fails
+    # A checksum database's `latest` and partial tiles (full tiles and lookups never
+    # change: kept on disk for good); also served stale, up to stale_max_age.
+    sumdb_ttl: Annotated[float, Field(ge=0)] = 60.0
     # Free space the cache leaves on its filesystem: below it, new fills are served
     # uncached (and /readyz, /metrics say the cache is degraded). 0: fill until ENOSPC.
     min_free: ByteSize = DEFAULT_CACHE_MIN_FREE

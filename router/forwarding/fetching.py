@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
 from goproxy_router.config.schema import Hedge, Retry, Timeouts
-from goproxy_router.protocol.integrity import SMALL_KINDS
+from goproxy_router.protocol.integrity import SMALL_KINDS, BodyVerdict
 from goproxy_router.upstream.client import UpstreamResponse
 from goproxy_router.upstream.stats import UpstreamStats
 from goproxy_router.upstream.targets import UpstreamTarget
@@ -75,10 +75,14 @@ class ForwardPlan:
     notes: list[str] = field(default_factory=list)   # policy decisions, e.g. budget refusals
     response_headers: dict[str, str] = field(default_factory=dict)   # added to a 200
     started: float = field(default_factory=time.monotonic)
+    # A body check of the plan's own (a cached /sumdb/ answer): the body is then read whole
+    # and judged by it rather than by the kind's rules (a problem fails the attempt, a doubt
+    # asks the other upstreams first).
+    check: Callable[[bytes], BodyVerdict] | None = None
 
     @property
     def reads_whole_body(self) -> bool:
-        return self.kind in SMALL_KINDS and self.method == "GET"
+        return (self.kind in SMALL_KINDS or self.check is not None) and self.method == "GET"
 
 
 @dataclass(slots=True)

@@ -387,6 +387,8 @@ class Forwarder:
 
 async def _judge(plan: ForwardPlan, body: bytes) -> BodyVerdict:
     """Check a small body; a large one (up to 16 MiB of go.mod to lex) in a thread."""
+    if plan.check is not None:
+        return plan.check(body)
     args = (plan.kind, body, plan.expected_version, plan.module, plan.version)
     if len(body) <= CHECK_INLINE:
         return judge_small_body(*args)
@@ -394,7 +396,8 @@ async def _judge(plan: ForwardPlan, body: bytes) -> BodyVerdict:
 
 
 def _kind_label(kind: str) -> str:
-    return {"latest": "@latest", "list": "version list"}.get(kind, f".{kind}")
+    return {"latest": "@latest", "list": "version list",
+            "sumdb": "checksum database answer"}.get(kind, f".{kind}")
 
 
 def _retry_after(value: str | None) -> float:

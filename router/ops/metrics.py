@@ -212,6 +212,24 @@ class AuthCollector(Collector):
             yield family
 
 
+class SumdbCollector(Collector):
+    """Checksum-database answers (router/serving/sumdbcache.py), by endpoint kind (lookup,
+    tile, partial_tile, latest) and what the client was told (hit, miss, stale)."""
+
+    def __init__(self, answers: Mapping[tuple[str, str], int]) -> None:
+        self._answers = answers
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("goproxy_sumdb_answers", "Checksum database answers, by "
+                                     "endpoint kind and cache result.", labels=["endpoint", "cache"])
+        for (endpoint, cache), count in sorted(self._answers.items()):
+            family.add_metric([endpoint, cache], count)
+        yield family
+
+
 class LiveCollector(Collector):
     """Reads live state at scrape time: breakers, latency estimates, budget, cache."""
 

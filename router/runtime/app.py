@@ -27,6 +27,7 @@ from goproxy_router.ops.metrics import (
     Metrics,
     MetricsObserver,
     MetricsPoolObserver,
+    SumdbCollector,
 )
 from goproxy_router.ops.status.handlers import setup_status
 from goproxy_router.serving.edge import EDGE, Edge
@@ -42,6 +43,7 @@ def make_edge(config: Config, env: Mapping[str, str] | None = None) -> Edge:
     metrics.attach(LiveCollector(edge.registry, lambda: edge.budget, edge.cache.info,
                                  time.monotonic, lambda: edge.state.engine.errors))
     metrics.registry.register(AuthCollector(edge.auth_throttle))
+    metrics.registry.register(SumdbCollector(edge.sumdb_cache.answers))
     return edge
 
 
@@ -67,6 +69,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> web.Appli
         yield
         await edge.state.prober.stop()
         await edge.client.close()
+        await edge.sumdb_cache.close()
         await edge.cache.close()
         edge.state.geo.close()
 

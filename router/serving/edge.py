@@ -1,7 +1,8 @@
 """The state the request path reads: `Edge` (process-long) and `EdgeState` (one config).
 
 Two lifetimes: an `Edge` lives as long as the process (upstream client, live
-stats, retry budget, cache, metrics, the thin path's kept hits); an `EdgeState`
+stats, retry budget, cache and checksum-database cache, metrics, the thin path's
+kept hits); an `EdgeState`
 is what one config gives (routes, plugins, GeoIP, probes) and is swapped whole
 on reload, so in-flight requests finish on the state they started with.
 
@@ -44,6 +45,7 @@ from goproxy_router.serving.artifacts import ArtifactCache
 from goproxy_router.serving.exchange import EXCHANGE
 from goproxy_router.serving.responses import CONTENT_TYPES, IMMUTABLE
 from goproxy_router.serving.sumdb import SumdbProxy
+from goproxy_router.serving.sumdbcache import SumdbCache
 from goproxy_router.serving.thin import HitTable, KeptHit, RenderedResponse, hit_response, is_plain_get
 from goproxy_router.upstream.client import UpstreamClient
 from goproxy_router.upstream.hedging import explain_delays
@@ -70,7 +72,8 @@ class EdgeState:
 
     def __init__(self, config: Config, client: UpstreamClient, registry: StatsRegistry,
                  env: Mapping[str, str] | None = None, budget: RetryBudget | None = None,
-                 observer: AttemptObserver | None = None, geo: GeoDatabase | None = None) -> None:
+                 observer: AttemptObserver | None = None, geo: GeoDatabase | None = None,
+                 sumdb_cache: SumdbCache | None = None) -> None:
         self.config = config
         self.routes = RouteTable(config, env)
         self.engine = Engine(load_plugins(config.scoring.plugins, config.scoring.plugin_dirs,
@@ -86,7 +89,7 @@ class EdgeState:
         self.forwarder = Forwarder(client, registry, budget or RetryBudget(
             retry.budget_ratio, retry.budget_floor, retry.budget_window), observer=observer,
             resume=config.resume)
-        self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts)
+        self.sumdb = SumdbProxy(config.sumdb, self.forwarder, config.timeouts, sumdb_cache)
         self.peers = PeerBook(config.geoip.trusted_proxies)
         self.prober = Prober(client, registry, (
             ProbeTarget(UpstreamTarget.from_config(name, up), up.probe_path)
@@ -138,6 +141,8 @@ class Edge:
         retry = config.retry
         self.budget = RetryBudget(retry.budget_ratio, retry.budget_floor, retry.budget_window)
         self.cache = ArtifactCache(config.cache)
+        self.sumdb_cache = SumdbCache(self.cache.disk, config.cache.sumdb_ttl,
+                                      config.cache.stale_max_age)
         self.state = self._state(config)
         self.admin = AdminPolicy.from_config(config, env)
         self.auth_throttle = AuthThrottle()         # across reloads: a reload is no fresh start
@@ -205,7 +210,7 @@ class Edge:
 
     def _state(self, config: Config, geo: GeoDatabase | None = None) -> EdgeState:
         return EdgeState(config, self.client, self.registry, self.env, self.budget,
-                         self._attempts, geo)
+                         self._attempts, geo, self.sumdb_cache)
 
     async def reload(self, config: Config) -> None:
         """Swap in a new config atomically; the old one keeps serving on failure."""

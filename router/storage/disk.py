@@ -2,6 +2,8 @@
 
 ``DiskCache`` keeps ``.info``/``.mod``/``.zip`` of canonical versions, which
 never change, in the layout of Go's own download cache (router/storage/layout.py),
+with the checksum-database answers that never change (full tiles and lookups,
+``sumdb/<name>/<path the go command asks a proxy for>``), all
 bounded by ``max_size`` with LRU eviction, and keeps ``<module>/@v/list``
 current (router/storage/listing.py). Small artifacts are also kept in a
 bounded in-memory LRU, so a hit on a ``.info`` costs a dict lookup rather
@@ -50,7 +52,14 @@ from goproxy_router.storage.entry import CacheEntry
 from goproxy_router.storage.errors import CacheUnavailable
 from goproxy_router.storage.health import DiskHealth
 from goproxy_router.storage.index import ArtifactIndex, IndexRecord
-from goproxy_router.storage.layout import ARTIFACT_EXTS, TEMP_PREFIX, artifact_relpath
+from goproxy_router.storage.layout import (
+    ARTIFACT_EXTS,
+    SUMDB_DIR,
+    TEMP_PREFIX,
+    artifact_relpath,
+    is_sumdb_relpath,
+    sumdb_relpath,
+)
 from goproxy_router.storage.listing import LIST_NAME, LISTED_EXTS, rewrite_list
 from goproxy_router.storage.writer import CacheWriter
 
@@ -166,7 +175,13 @@ class DiskCache(ArtifactIndex, DiskHealth):
         memory). A file committed by another process sharing the directory is
         adopted into the index (one ``stat`` on an index miss).
         """
-        key = artifact_relpath(module, version, ext)
+        return self._get(artifact_relpath(module, version, ext))
+
+    def get_sumdb(self, name: str, tail: str) -> CacheEntry | None:
+        """A kept checksum-database answer (``sumdb_relpath``: a lookup or full tile), or None."""
+        return self._get(sumdb_relpath(name, tail))
+
+    def _get(self, key: str) -> CacheEntry | None:
         entry = self._memory.get(key)
         if entry is not None:
             self._memory.move_to_end(key)
@@ -208,11 +223,19 @@ class DiskCache(ArtifactIndex, DiskHealth):
         Content-Length), is reserved against ``max_size`` at once (evicting
         first); a size that can never fit raises CacheUnavailable.
         """
-        key = artifact_relpath(module, version, ext)
+        return self._writer(artifact_relpath(module, version, ext), module, version, str(ext), size)
+
+    def sumdb_writer(self, name: str, tail: str, size: int | None = None) -> CacheWriter:
+        """A writer for a checksum-database answer that never changes (``sumdb_relpath``);
+        the caller checks the body (router/protocol/sumdbanswers.py) before writing it."""
+        return self._writer(sumdb_relpath(name, tail), "", "", "sumdb", size)
+
+    def _writer(self, key: str, module: str, version: str, ext: str,
+                size: int | None) -> CacheWriter:
         if size is not None and self.max_size is not None and size > self.max_size:
             raise CacheUnavailable(f"{key}: {size} bytes can never fit in max_size "
                                    f"({self.max_size} bytes); not cached")
-        writer = CacheWriter(self, key, module, version, str(ext))
+        writer = CacheWriter(self, key, module, version, ext)
         if size:
             writer._reserve(size)
         return writer
@@ -243,7 +266,9 @@ class DiskCache(ArtifactIndex, DiskHealth):
                     else:
                         busy += 1
                     continue
-                if not in_v or name.rpartition(".")[2] not in ARTIFACT_EXTS:
+                key = os.path.relpath(full, self.root)
+                if not (in_v and name.rpartition(".")[2] in ARTIFACT_EXTS
+                        or is_sumdb_relpath(key)):
                     continue  # Go's own .lock/.ziphash/list files, or strangers
                 try:
                     st = os.stat(full)
@@ -251,7 +276,6 @@ class DiskCache(ArtifactIndex, DiskHealth):
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                key = os.path.relpath(full, self.root)
                 found.append((st.st_mtime_ns, key, self._item(key, st)))
         found.sort(key=lambda t: (t[0], t[1]))
         self._index = OrderedDict((key, item) for _, key, item in found)
@@ -311,7 +335,8 @@ class DiskCache(ArtifactIndex, DiskHealth):
 
     def _refresh_lists_of(self, keys: Iterable[str]) -> None:
         """Rewrite the ``@v/list`` of every module whose ``.info`` or ``.mod`` changed."""
-        dirs = {key.rpartition("/")[0] for key in keys if key.rpartition(".")[2] in LISTED_EXTS}
+        dirs = {key.rpartition("/")[0] for key in keys
+                if key.rpartition(".")[2] in LISTED_EXTS and not key.startswith(SUMDB_DIR + "/")}
         for d in sorted(dirs):
             self._refresh_list(self.root / d)
 
