@@ -11,15 +11,11 @@ tile (numeric level L) holds 2^H hashes of 32 bytes, a partial one
 from __future__ import annotations
 
 import enum
-import re
 
 from goproxy_router.protocol.integrity import BodyVerdict
+from goproxy_router.protocol.tlog import HASH_SIZE, TlogError, parse_tile_path
 
-__all__ = ["HASH_SIZE", "SumdbKind", "sumdb_answer_problem", "sumdb_kind", "sumdb_verdict"]
-
-HASH_SIZE = 32          # tlog.HashSize: one SHA-256 hash per tree node
-
-_TILE = re.compile(r"tile/(?P<h>[0-9]+)/(?P<l>[0-9]+|data)/[x0-9/]+(?:\.p/(?P<w>[0-9]+))?")
+__all__ = ["SumdbKind", "sumdb_answer_problem", "sumdb_kind", "sumdb_verdict"]
 
 
 class SumdbKind(enum.StrEnum):
@@ -54,14 +50,17 @@ def sumdb_answer_problem(tail: str, body: bytes) -> str | None:
     """
     if not body:
         return "empty answer"
-    match = _TILE.fullmatch(tail)
-    if match is not None:
+    if tail.startswith("tile/"):
+        try:
+            tile = parse_tile_path(tail)
+        except TlogError as exc:
+            return str(exc)
         # Data tiles vary; a partial tile is kept only for a short TTL: non-empty will do.
-        if match["l"] == "data" or match["w"] is not None:
+        if tile.level == -1 or tile.width != 1 << tile.height:
             return None
-        want = HASH_SIZE << int(match["h"])
+        want = HASH_SIZE << tile.height
         if len(body) != want:
-            return f"a full hash tile of height {match['h']} has {want} bytes, not {len(body)}"
+            return f"a full hash tile of height {tile.height} has {want} bytes, not {len(body)}"
         return None
     if tail.startswith("lookup/") and body.lstrip()[:1] == b"<":
         return "a markup page, not a lookup record"
