@@ -39,7 +39,7 @@ sumdb:
   - name: sum.golang.org
     url: "https://sum.golang.org"
     mirrors: ["https://sum.golang.google.cn"]
-    key: "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ee0Ov5HKQ9E4hfbu"
+    key: "sum.golang.org+033de0ae+Ac4zctda0e5eza+HJyk9SxEdh+s3Ux18htTTAD8OuAn8"
 geoip:
   database: "/var/lib/GeoIP/GeoLite2-Country.mmdb"
   trusted_proxies: ["10.0.0.0/8"]
