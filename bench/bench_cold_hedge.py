@@ -59,9 +59,12 @@ whether the median (and every run, against its own run's no-fault time)
 meets it; the upstream requests of the measured graph, how many were hung,
 the extra load, and the extra load beyond the hung requests ((received -
 hung) / no-fault - 1: what the router sent besides one replacement per hung
-request; with 30 % of the first-ranked upstream's requests hung, the extra
-load as defined cannot go below ~30 % x its share of first attempts while
-it stays ranked first, since every hung request needs another); hedges from
+request; with 30 % of the first-ranked upstream's requests hung, the total
+extra load cannot go below ~30 % x its share of first attempts while it
+stays ranked first, since every hung request needs another, hedged or not:
+with hedging off it is the same. The load goal ("extra upstream load from
+hedging under 25 %") is therefore judged on the load beyond the hung
+requests, the total printed beside it); hedges from
 the router's metrics (goproxy_hedges_total) and from its log: JSON lines
 whose event mentions a hedge (else lines with a truthy hedge* field), by the
 field naming the delay's source when there is one (any field named *source*),
@@ -358,7 +361,10 @@ def summarize(results: list[Outcome]) -> tuple[list[list[str]], list[dict[str, A
                      span((o.warmup for o in runs if o.warmup is not None), "{:.2f}"),
                      str(errors)])
         if s != "no fault":
-            ok = med <= limit_for(nf) and every and bool(extras) and max(extras) < 25
+            # The load goal is the load hedging adds: the hung requests' replacements are the
+            # fault's (a run with hedging off sends as many: BENCHMARKS.md), so it is judged
+            # beyond them; the total extra load is reported beside it.
+            ok = med <= limit_for(nf) and every and bool(beyond) and max(beyond) < 25
             goals.append({"scenario": s, "median_s": med, "limit_s": limit_for(nf),
                           "ratio": med / nf, "every_run_within": every,
                           "extra_load_max_pct": max(extras) if extras else None,
@@ -437,15 +443,15 @@ def main(argv: list[str] | None = None) -> int:
     print_table(HEADERS, rows)
     print()
     for g in goals:
-        extra = g["extra_load_max_pct"]
+        extra, beyond = g["extra_load_max_pct"], g["extra_beyond_hung_max_pct"]
         print(f"{g['scenario']}: median {g['median_s']:.2f} s <= {g['limit_s']:.2f} s "
               f"(max(1.5x, +2 s) of the no-fault median) ... "
               f"{'yes' if g['median_s'] <= g['limit_s'] else 'NO'}; every run within its run's "
-              f"limit ... {'yes' if g['every_run_within'] else 'NO'}; extra load max "
-              f"{'-' if extra is None else f'{extra:.1f}%'} < 25 % ... "
-              f"{'yes' if extra is not None and extra < 25 else 'NO'}: goal "
-              f"{'met' if g['met'] else 'MISSED'} (extra load beyond the hung requests, max "
-              f"{g['extra_beyond_hung_max_pct']:.1f}%)")
+              f"limit ... {'yes' if g['every_run_within'] else 'NO'}; load from hedging (beyond "
+              f"the hung requests) max {'-' if beyond is None else f'{beyond:.1f}%'} < 25 % ... "
+              f"{'yes' if beyond is not None and beyond < 25 else 'NO'}: goal "
+              f"{'met' if g['met'] else 'MISSED'} (total extra load, hung requests' "
+              f"replacements included, max {'-' if extra is None else f'{extra:.1f}%'})")
     fields = sorted({f for o in results for f in o.hedge_fields})
     print(f"hedge log event fields seen: {', '.join(fields) or 'none (no hedge events logged)'}")
     if args.json is not None:
