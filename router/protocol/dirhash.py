@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
-__all__ = ["DirhashError", "Hash1Builder", "hash1", "hash_go_mod", "hash_zip"]
+__all__ = ["DirhashError", "Hash1Builder", "hash1", "hash_go_mod", "hash_zip", "raw_zip_name"]
 
 _CHUNK = 1 << 16
 
@@ -65,7 +65,7 @@ def hash_go_mod(data: bytes) -> str:
     return hash1([("go.mod", data)])
 
 
-def _raw_name(info: zipfile.ZipInfo) -> bytes:
+def raw_zip_name(info: zipfile.ZipInfo) -> bytes:
     """The entry's name as stored: Go reads zip names as raw bytes, Python decodes them."""
     if info.flag_bits & 0x800:
         return info.filename.encode("utf-8")
@@ -86,7 +86,7 @@ def hash_zip(source: bytes | BinaryIO) -> str:
                 with archive.open(info) as entry:
                     while chunk := entry.read(_CHUNK):
                         digest.update(chunk)
-                builder.add(_raw_name(info), digest.digest())
+                builder.add(raw_zip_name(info), digest.digest())
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as e:
         raise DirhashError(f"cannot read the zip: {e}") from e
     return builder.result()
