@@ -12,7 +12,8 @@ and CRC-32 (its name is the central directory's, as the go command reads
 it). Anything this reader does not follow (an unknown method, encryption,
 bytes before the first entry, a central directory that disagrees with the
 local headers) makes `finish` fall back to `hash_zip` over the complete
-file, so the result is always `hash_zip`'s. Pure: bytes in, a hash out; the caller decides on which thread it runs.
+file, so the result is always `hash_zip`'s. Pure: bytes in, a hash out;
+the caller decides on which thread it runs.
 """
 
 from __future__ import annotations
